@@ -1,0 +1,3 @@
+from rejuv_cli.cli import main
+
+main()

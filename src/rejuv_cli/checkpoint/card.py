@@ -1,0 +1,96 @@
+"""The model card (README.md) and the machine-readable provenance file (rejuv.json).
+
+The card holds no timings or dates, so two identical runs write identical cards; run-specific
+facts (timings, device) go to rejuv.json only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from rejuv_cli import __version__
+
+PAPER = "Liu, Liu, Wan, Fu, Pan: When RL Fails after SFT: Rejuvenating Model Plasticity for Robust SFT-to-RL Handoff, arXiv 2606.09932 (2026)"  # noqa: E501
+PAPER_URL = "https://arxiv.org/abs/2606.09932"
+
+
+def hub_name(model: dict) -> str:
+    """How a card refers to an input: its Hub id, else its local directory name."""
+    return model.get("repo_id") or Path(model["path"]).name
+
+
+def model_card(provenance: dict) -> str:
+    inputs, counts = provenance["inputs"], provenance["counts"]
+    front = {
+        "base_model": [hub_name(inputs["base"]), hub_name(inputs["sft"])],
+        "base_model_relation": "merge",
+        "library_name": "transformers",
+        "tags": ["rejuv", "rejuvenation", "merge", "sft-to-rl"],
+    }
+    recipe_yaml = yaml.safe_dump(provenance["recipe"], sort_keys=False).rstrip()
+    rows = "\n".join(
+        f"| {role.upper()} | `{m['spec']}` | {_revision(m)} |" for role, m in inputs.items()
+    )
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).rstrip()}
+---
+
+# Rejuvenated checkpoint
+
+Made by rejuv {__version__} from an SFT checkpoint and its base model, to
+restore plasticity before reinforcement learning (GRPO, PPO, ...). Method: "Rejuvenation",
+{PAPER} ([paper]({PAPER_URL})).
+
+## What was done
+
+**Base-anchored fusion** (paper): every floating-point tensor was set to
+`θ = θ_base + α·(θ_sft − θ_base)`, computed in float32 and rounded once to the output dtype.
+The paper's default is α = 0.5 for all parameters; per-tensor rules and depth-interpolated α
+(when the recipe below has `rules`) are rejuv's own extension, not the paper's.
+Non-float tensors and tensors that exist only in the SFT checkpoint were copied from SFT;
+embedding rows for tokens added during SFT kept their SFT values.
+
+**Targeted neuron reset** (paper): not applied in this checkpoint.
+
+Config, tokenizer, chat template and generation config are the SFT checkpoint's, so RL samples
+in the SFT model's format.
+
+## Inputs
+
+| role | model | revision or content digest |
+|---|---|---|
+{rows}
+
+## Recipe
+
+```yaml
+{recipe_yaml}
+```
+
+Command:
+
+```bash
+{provenance["command"]}
+```
+
+## Result
+
+{counts["tensors"]} tensors: {counts["fused"]} fused, {counts["from_sft"]} copied from SFT,
+{counts["from_base"]} taken from BASE (α = 0); {counts["sft_only"]} only in SFT;
+{counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
+Full provenance: `rejuv.json`.
+"""
+
+
+def _revision(model: dict) -> str:
+    if model.get("commit"):
+        return f"commit `{model['commit']}`"
+    return f"xxh3-128 `{model['tensor_digest']}`"
+
+
+def write_card_and_provenance(out_dir: Path, provenance: dict) -> None:
+    (out_dir / "README.md").write_text(model_card(provenance))
+    (out_dir / "rejuv.json").write_text(json.dumps(provenance, indent=2) + "\n")

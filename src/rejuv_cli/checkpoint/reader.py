@@ -1,0 +1,216 @@
+"""Open a Hugging Face checkpoint directory and read its tensors in bounded pieces.
+
+Supported layouts, in the order they are looked for:
+  model.safetensors.index.json + shards | model.safetensors |
+  pytorch_model.bin.index.json + shards | pytorch_model.bin   (torch.load(weights_only=True))
+
+Only headers are read at open time. Tensor bytes are read on demand with pread into a caller's
+buffer, so nothing stays resident: peak memory is the caller's buffer, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rejuv_cli.checkpoint.dtypes import ITEMSIZE
+from rejuv_cli.checkpoint.safetensors_file import TensorInfo, read_header
+from rejuv_cli.errors import CheckpointError
+
+ST_INDEX = "model.safetensors.index.json"
+ST_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+
+class Checkpoint:
+    """A checkpoint's tensor table (name -> TensorInfo, in storage order) and its config."""
+
+    def __init__(self, root: Path, label: str, fmt: str, tensors: dict[str, TensorInfo]):
+        self.root = root
+        self.label = label  # "BASE" / "SFT": used in every message
+        self.format = fmt  # "safetensors" | "bin"
+        self.tensors = tensors
+        self.config = _read_json(root / "config.json", label) if (root / "config.json").is_file() else {}
+        self._fds: dict[Path, int] = {}
+        self._bin_tensors: dict[str, object] = {}
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path, label: str) -> Checkpoint:
+        """Find and validate the weight files under `root` (a directory)."""
+        if not root.is_dir():
+            raise CheckpointError(f"{label} {root} is not a directory")
+        if (root / ST_INDEX).is_file():
+            return cls(root, label, "safetensors", _open_index(root, label, ST_INDEX))
+        if (root / ST_SINGLE).is_file():
+            tensors, _ = read_header(root / ST_SINGLE)
+            return cls(root, label, "safetensors", tensors)
+        if (root / BIN_INDEX).is_file() or (root / BIN_SINGLE).is_file():
+            ckpt = cls(root, label, "bin", {})
+            ckpt._open_bin()
+            return ckpt
+        others = sorted(p.name for p in root.glob("*.safetensors"))
+        hint = f" (found {', '.join(others[:3])} without {ST_INDEX})" if others else ""
+        raise CheckpointError(
+            f"{label} {root} has no weights{hint}: expected {ST_SINGLE}, {ST_INDEX} + shards, "
+            f"or {BIN_SINGLE}. Is this the model directory?"
+        )
+
+    def _open_bin(self) -> None:
+        if (self.root / BIN_INDEX).is_file():
+            weight_map = _read_weight_map(self.root, self.label, BIN_INDEX)
+            files = sorted(set(weight_map.values()))
+        else:
+            weight_map, files = None, [BIN_SINGLE]
+        for fname in files:
+            state = _load_bin(self.root / fname)
+            for name, t in state.items():
+                if weight_map is not None and weight_map.get(name) != fname:
+                    continue
+                code = _code_of_torch(t.dtype, self.root / fname, name)
+                shape = tuple(t.shape)
+                nbytes = t.numel() * ITEMSIZE[code]
+                self.tensors[name] = TensorInfo(name, code, shape, self.root / fname, -1, nbytes)
+                self._bin_tensors[name] = t
+        if weight_map is not None:
+            _check_listed(self.root, BIN_INDEX, weight_map, self.tensors)
+
+    # ---- reading -------------------------------------------------------------------------
+    def read_into(self, name: str, start: int, stop: int, out) -> None:
+        """Copy elements [start, stop) of tensor `name` (flattened) into `out`.
+
+        out: a writable uint8 numpy array of exactly (stop - start) * itemsize bytes.
+        """
+        info = self.tensors[name]
+        size = ITEMSIZE[info.dtype]
+        if self.format == "bin":
+            flat = self._bin_tensors[name].reshape(-1)[start:stop]
+            out[:] = flat.contiguous().view(-1).view(_torch_uint8()).numpy()
+            return
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        view = memoryview(out).cast("B")
+        pos, offset = 0, info.offset + start * size
+        while pos < len(view):
+            n = os.preadv(fd, [view[pos:]], offset + pos)
+            if n <= 0:
+                raise CheckpointError(
+                    f"{info.file}: unexpected end of file while reading '{name}' (truncated?)"
+                )
+            pos += n
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._bin_tensors.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- facts used by the planner --------------------------------------------------------
+    def weight_files(self) -> list[Path]:
+        return sorted({t.file for t in self.tensors.values()})
+
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def _open_index(root: Path, label: str, index_name: str) -> dict[str, TensorInfo]:
+    weight_map = _read_weight_map(root, label, index_name)
+    tensors: dict[str, TensorInfo] = {}
+    for fname in sorted(set(weight_map.values())):
+        header, _ = read_header(root / fname)
+        for name, info in header.items():
+            if weight_map.get(name) == fname:
+                tensors[name] = info
+    _check_listed(root, index_name, weight_map, tensors)
+    return tensors
+
+
+def _read_weight_map(root: Path, label: str, index_name: str) -> dict[str, str]:
+    index = _read_json(root / index_name, label)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(
+            f"{root / index_name}: 'weight_map' must map tensor names to shard file names"
+        )
+    real_root = root.resolve()
+    for name, fname in weight_map.items():
+        target = (root / fname).resolve()
+        if Path(fname).is_absolute() or not target.is_relative_to(real_root):
+            raise CheckpointError(
+                f"{root / index_name}: tensor '{name}' points to {fname!r}, outside the checkpoint "
+                "directory; refusing to read it. Fix or regenerate the index."
+            )
+    for fname in sorted(set(weight_map.values())):
+        if not (root / fname).is_file():
+            raise CheckpointError(
+                f"{label} {root}: shard {fname!r} listed in {index_name} is missing. "
+                "Was the download interrupted?"
+            )
+    return weight_map
+
+
+def _check_listed(root: Path, index_name: str, weight_map: dict, tensors: dict) -> None:
+    for name, fname in weight_map.items():
+        if name not in tensors:
+            raise CheckpointError(
+                f"{root / index_name}: tensor '{name}' is listed in shard {fname!r} but that file "
+                "does not contain it. The index and the shards do not match."
+            )
+    # Keep storage order: by file, then by offset within it.
+    order = sorted(tensors.values(), key=lambda t: (str(t.file), t.offset))
+    tensors.clear()
+    tensors.update({t.name: t for t in order})
+
+
+def _read_json(path: Path, label: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{label}: cannot read {path}: {e}") from e
+
+
+def _load_bin(path: Path) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        # weights_only: never execute code from a checkpoint; mmap: do not load it into RAM.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains Python objects other than tensors, and rejuv "
+            "only loads .bin files with torch.load(weights_only=True). Convert it to safetensors "
+            "with a tool you trust."
+        ) from e
+    except Exception as e:  # zip/format errors from torch
+        raise CheckpointError(f"{path}: cannot read this PyTorch checkpoint: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state_dict)")
+    return state
+
+
+def _code_of_torch(dtype, path: Path, name: str) -> str:
+    from rejuv_cli.checkpoint.dtypes import code_of
+
+    try:
+        return code_of(dtype)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {dtype}") from e
+
+
+def _torch_uint8():
+    import torch
+
+    return torch.uint8

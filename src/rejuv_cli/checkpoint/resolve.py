@@ -1,0 +1,88 @@
+"""Turn a model argument (local directory or Hub id[@revision]) into a local directory.
+
+Hub ids go through huggingface_hub.snapshot_download, so the usual cache, HF_HOME, HF_TOKEN
+and HF_HUB_OFFLINE=1 all behave as users expect. Only weights and metadata are fetched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rejuv_cli.errors import ResolveError
+
+# What a checkpoint needs: weights, configs, tokenizer and chat-template files.
+HUB_PATTERNS = [
+    "*.safetensors", "*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.md", "LICENSE*",
+]  # fmt: skip
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model argument and where it was found."""
+
+    spec: str  # what the user typed
+    path: Path  # local directory holding the checkpoint
+    repo_id: str | None = None  # Hub id when it came from the Hub
+    revision: str | None = None  # requested revision (branch, tag or commit)
+    commit: str | None = None  # resolved commit hash of the snapshot
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec,
+            "path": str(self.path),
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+        }
+
+
+def resolve_model(spec: str, label: str) -> ResolvedModel:
+    """Local directory if it exists, else a Hub repo id with an optional @revision."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ResolveError(f"{label} {spec} is a file; pass the checkpoint's directory")
+        return ResolvedModel(spec, path.resolve())
+    repo_id, _, revision = spec.partition("@")
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if looks_local or not _REPO_ID.match(repo_id):
+        raise ResolveError(f"{label} {spec!r}: no such directory, and not a Hub id (org/name[@rev])")
+    return _from_hub(spec, repo_id, revision or None, label)
+
+
+def _from_hub(spec: str, repo_id: str, revision: str | None, label: str) -> ResolvedModel:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        local = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS)
+    except GatedRepoError as e:
+        raise ResolveError(
+            f"{label} {spec}: gated repository; accept its terms on the Hub and set HF_TOKEN"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise ResolveError(
+            f"{label} {spec}: no such Hub repository (or it is private: set HF_TOKEN)"
+        ) from e
+    except RevisionNotFoundError as e:
+        raise ResolveError(f"{label} {spec}: revision {revision!r} not found in {repo_id}") from e
+    except LocalEntryNotFoundError as e:
+        offline = " (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else ""
+        raise ResolveError(
+            f"{label} {spec}: not in the local Hub cache and the Hub cannot be reached{offline}. "
+            f"Run `hf download {repo_id}` where there is network, or pass a local directory."
+        ) from e
+    except OSError as e:
+        raise ResolveError(f"{label} {spec}: download failed: {e}") from e
+    path = Path(local)
+    # Snapshots live at .../snapshots/<commit>/: the folder name is the resolved commit.
+    commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else None
+    return ResolvedModel(spec, path, repo_id, revision, commit)

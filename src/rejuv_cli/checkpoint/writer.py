@@ -1,0 +1,134 @@
+"""Plan output shards up front, then stream each tensor's bytes straight into its file.
+
+Because every output tensor's dtype and shape are known before any math runs, each shard's
+safetensors header (names, dtypes, shapes, byte offsets) can be written first; tensors are then
+appended in header order, chunk by chunk, and never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rejuv_cli.checkpoint.dtypes import ITEMSIZE
+
+INDEX_NAME = "model.safetensors.index.json"
+SHARD_METADATA = {"format": "pt"}  # what transformers checks for on load
+
+
+@dataclass(frozen=True)
+class OutEntry:
+    """One output tensor as the writer sees it."""
+
+    name: str
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
+
+
+@dataclass
+class ShardLayout:
+    """One output file: its entries in write order and the exact header bytes."""
+
+    filename: str = ""
+    entries: list[OutEntry] = field(default_factory=list)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def ordered(self) -> list[OutEntry]:
+        # Widest dtypes first keeps every tensor aligned to its element size (like the
+        # reference serializer), so readers can map the bytes without copying.
+        return sorted(self.entries, key=lambda e: -ITEMSIZE[e.dtype])
+
+    def header_bytes(self) -> bytes:
+        header: dict = {"__metadata__": SHARD_METADATA}
+        offset = 0
+        for e in self.ordered():
+            header[e.name] = {
+                "dtype": e.dtype,
+                "shape": list(e.shape),
+                "data_offsets": [offset, offset + e.nbytes],
+            }
+            offset += e.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # pad so the data buffer starts 8-byte aligned
+        return len(raw).to_bytes(8, "little") + raw
+
+    @property
+    def file_bytes(self) -> int:
+        return len(self.header_bytes()) + self.data_bytes
+
+
+def _entry_header_bound(e: OutEntry) -> int:
+    """An upper bound on the header bytes one entry adds (offsets at their widest)."""
+    big = 10**19
+    return len(json.dumps({e.name: {"dtype": e.dtype, "shape": list(e.shape),
+                                    "data_offsets": [big, big]}})) + 1  # fmt: skip
+
+
+def plan_shards(entries: list[OutEntry], max_shard_bytes: int) -> list[ShardLayout]:
+    """Pack entries, in order, into shards whose whole file (header + data) fits the limit.
+
+    A tensor larger than the limit gets a shard of its own (it cannot be split).
+    """
+    base = 8 + 8 + len(json.dumps({"__metadata__": SHARD_METADATA})) + 8
+    shards: list[ShardLayout] = []
+    current, used = ShardLayout(), base
+    for e in entries:
+        cost = e.nbytes + _entry_header_bound(e)
+        if current.entries and used + cost > max_shard_bytes:
+            shards.append(current)
+            current, used = ShardLayout(), base
+        current.entries.append(e)
+        used += cost
+    if current.entries or not shards:
+        shards.append(current)
+    n = len(shards)
+    for i, shard in enumerate(shards, 1):
+        shard.filename = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
+    return shards
+
+
+def index_json(shards: list[ShardLayout]) -> dict | None:
+    """The model.safetensors.index.json content, or None for a single-file checkpoint."""
+    if len(shards) == 1:
+        return None
+    weight_map = {e.name: s.filename for s in shards for e in s.entries}
+    total = sum(s.data_bytes for s in shards)
+    return {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+
+
+def write_index(out_dir: Path, shards: list[ShardLayout]) -> None:
+    index = index_json(shards)
+    if index is not None:
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, 1024 -> 1024 (HF's convention: GB=1e9)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        s = str(text).strip().upper().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+                 "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}  # fmt: skip
+        for unit, mult in units.items():
+            if s.endswith(unit):
+                number = s[: -len(unit)]
+                break
+        else:
+            number, mult = s, 1
+        try:
+            value = int(float(number) * mult)
+        except ValueError:
+            raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive (got {text!r})")
+    return value

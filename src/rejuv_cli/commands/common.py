@@ -1,0 +1,69 @@
+"""Options shared by several commands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rejuv_cli.errors import RejuvError
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+QuietFlag = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")
+]
+OutOption = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Output directory (written atomically; refused if it exists).",
+        file_okay=False, show_default=False,
+    ),
+]  # fmt: skip
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+]
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 error (one line on stderr; REJUV_DEBUG=1 shows the traceback), "
+    "2 usage error, 3 a --fail-on gate tripped, 130 interrupted."
+)
+
+
+def guarded(fn):
+    """Run a command body: RejuvError -> its message on stderr and its exit code; Ctrl-C -> 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RejuvError as e:
+            if os.environ.get("REJUV_DEBUG"):
+                raise
+            for line in str(e).splitlines() or [type(e).__name__]:
+                print(f"rejuv: error: {line}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if os.environ.get("REJUV_DEBUG"):
+                raise
+            print("rejuv: interrupted; nothing was written to the output", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def stderr_console(quiet: bool = False):
+    """A Rich console on stderr (presentation never goes to stdout)."""
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, soft_wrap=False, highlight=False)
+
+
+def print_json(data) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,69 @@
+"""`rejuv recipes` (list the bundled recipes) and `rejuv validate FILE...`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rejuv_cli.commands.common import JsonFlag, guarded, print_json, stderr_console
+from rejuv_cli.errors import RecipeError
+
+
+def recipes_command(json_out: JsonFlag = False) -> None:
+    """List the bundled recipes with their intent and the command that uses them.
+
+    Use one with `rejuv fuse BASE SFT --out OUT --recipe NAME`.
+    """
+    from rich.table import Table
+
+    from rejuv_cli.recipe import bundled_recipes, recipe_header
+
+    rows = []
+    for path in bundled_recipes():
+        header = recipe_header(path)
+        command = next((h for h in header if h.startswith("rejuv ")), "")
+        intent = " ".join(h for h in header if h and not h.startswith("rejuv "))
+        rows.append({"name": path.stem, "path": str(path), "intent": intent, "command": command})
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("name", "intent", "command", title="bundled recipes", title_justify="left")
+    for r in rows:
+        table.add_row(r["name"], r["intent"], r["command"])
+    stderr_console().print(table)
+
+
+def validate_command(
+    files: Annotated[list[Path], typer.Argument(help="Recipe files to check.", show_default=False)],
+    json_out: JsonFlag = False,
+) -> None:
+    """Check recipe files; every problem is reported with its file and key. Exit 1 if any fails.
+
+    Example: rejuv validate recipes/*.yaml
+    """
+    from rejuv_cli.recipe import load_recipe
+
+    results = []
+    for path in files:
+        try:
+            load_recipe(path)
+            results.append({"file": str(path), "ok": True, "errors": []})
+        except RecipeError as e:
+            results.append({"file": str(path), "ok": False, "errors": str(e).splitlines()})
+    if json_out:
+        print_json(results)
+    else:
+        for r in results:
+            if r["ok"]:
+                print(f"ok: {r['file']}", file=sys.stderr)
+            for line in r["errors"]:
+                print(f"rejuv: error: {line}", file=sys.stderr)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+recipes_command = guarded(recipes_command)
+validate_command = guarded(validate_command)

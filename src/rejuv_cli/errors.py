@@ -1,0 +1,41 @@
+"""One error hierarchy. Every message names the thing, the values involved and the next step.
+
+The CLI turns a RejuvError into one line on stderr and its `exit_code`; anything else is a bug
+and shows a traceback.
+"""
+
+
+class RejuvError(Exception):
+    """A problem the user can fix; shown as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(RejuvError):
+    """Bad command-line arguments (exit code 2, like Click's own usage errors)."""
+
+    exit_code = 2
+
+
+class CheckpointError(RejuvError):
+    """A checkpoint directory, index or weight file is missing, unsafe or malformed."""
+
+
+class ResolveError(RejuvError):
+    """A model argument is neither a local directory nor a reachable Hub repository."""
+
+
+class RecipeError(RejuvError):
+    """A recipe file failed validation; the message lists every problem, one per line."""
+
+
+class MismatchError(RejuvError):
+    """BASE and SFT are not two versions of the same architecture."""
+
+
+class OutputError(RejuvError):
+    """The output directory cannot be written as asked (exists, inside an input, ...)."""
+
+
+class NonFiniteError(RejuvError):
+    """A tensor would be written with NaN or infinite values."""

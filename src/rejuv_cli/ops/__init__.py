@@ -1,0 +1,1 @@
+"""Pure tensor functions: no I/O, no config, no logging."""

@@ -1,0 +1,196 @@
+"""FusePlan: what happens to every output tensor, and where its bytes go. No tensor data is read.
+
+The output tensor set is the SFT checkpoint's own tensor set, in its storage order: nothing is
+enumerated from an allow-list, so unknown architectures fuse like known ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rejuv_cli.checkpoint.dtypes import FLOAT_CODES, USER_DTYPES
+from rejuv_cli.checkpoint.reader import Checkpoint
+from rejuv_cli.checkpoint.safetensors_file import TensorInfo
+from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout, parse_size, plan_shards
+from rejuv_cli.errors import MismatchError
+from rejuv_cli.recipe import Recipe
+
+# model.layers.12.mlp..., transformer.h.3.attn..., gpt_neox.layers.0..., encoder.layer.5...
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)(?:\.|$)")
+# Names of input embeddings, used when a tied BASE stores no separate lm_head.
+_INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
+                     "embed_in.weight", "tok_embeddings.weight")  # fmt: skip
+_VOCAB_NAMES = re.compile(r"embed|wte|lm_head|embed_out|(^|\.)output\.weight$")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+# What happens to a tensor:
+FUSE = "fuse"  # θ_b + α(θ_s − θ_b) in float32, rounded once
+BASE = "base"  # α = 0: the base values, exactly (cast only if the output dtype differs)
+SFT = "sft"  # α = 1, non-float, or SFT-only: the SFT values, exactly
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    action: str  # FUSE | BASE | SFT
+    out_dtype: str  # safetensors code
+    sft: TensorInfo
+    base: TensorInfo | None = None  # None when the tensor exists only in SFT
+    alpha: float | None = None
+    alpha_source: str = ""  # "alpha", "rules[2]", "--alpha", ...
+    base_rows: int | None = None  # rows >= base_rows exist only in SFT (added tokens): copied
+    note: str = ""  # why it is copied, when it is
+
+    @property
+    def out_entry(self) -> OutEntry:
+        return OutEntry(self.name, self.out_dtype, self.sft.shape)
+
+
+@dataclass
+class FusePlan:
+    tensors: list[TensorPlan]
+    shards: list[ShardLayout]
+    warnings: list[str] = field(default_factory=list)
+    base_only: list[str] = field(default_factory=list)
+    n_layers: int = 0
+    shard_limit: int = 0
+
+    def by_name(self) -> dict[str, TensorPlan]:
+        return {t.name: t for t in self.tensors}
+
+    @property
+    def out_bytes(self) -> int:
+        return sum(s.data_bytes for s in self.shards)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(t.action for t in self.tensors)
+        return {
+            "tensors": len(self.tensors),
+            "fused": c[FUSE],
+            "from_base": c[BASE],
+            "from_sft": c[SFT],
+            "sft_only": sum(1 for t in self.tensors if t.base is None),
+            "base_only_dropped": len(self.base_only),
+            "added_token_rows": sum(t.sft.shape[0] - t.base_rows for t in self.tensors
+                                    if t.base_rows is not None),  # fmt: skip
+            "shards": len(self.shards),
+        }
+
+    def out_dtypes(self) -> dict[str, int]:
+        return dict(Counter(t.out_dtype for t in self.tensors))
+
+
+def layer_of(name: str) -> int | None:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def layer_count(ckpt: Checkpoint) -> int | None:
+    """Layers as config.json states them (also inside text_config), else None."""
+    for cfg in (ckpt.config, ckpt.config.get("text_config") or {}):
+        for key in _LAYER_KEYS:
+            if isinstance(cfg.get(key), int):
+                return cfg[key]
+    return None
+
+
+def check_same_architecture(base: Checkpoint, sft: Checkpoint) -> None:
+    """MismatchError when config.json says BASE and SFT are different models."""
+    bt, st = base.config.get("model_type"), sft.config.get("model_type")
+    if bt and st and bt != st:
+        raise MismatchError(
+            f"BASE is a {bt!r} model but SFT is {st!r} (config.json model_type): "
+            "rejuv needs the base model the SFT checkpoint was trained from"
+        )
+    bl, sl = layer_count(base), layer_count(sft)
+    if bl is not None and sl is not None and bl != sl:
+        raise MismatchError(
+            f"BASE has {bl} layers but SFT has {sl} (config.json): same architecture? "
+            "rejuv needs the base model the SFT checkpoint was trained from"
+        )
+
+
+def build_plan(base: Checkpoint, sft: Checkpoint, recipe: Recipe, alpha_flag: bool = False) -> FusePlan:
+    """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
+    check_same_architecture(base, sft)
+    names_layers = [layer_of(n) for n in sft.tensors]
+    n_layers = layer_count(sft) or (max((x for x in names_layers if x is not None), default=-1) + 1)
+    warnings: list[str] = []
+    tensors: list[TensorPlan] = []
+    used_base: set[str] = set()
+
+    for name, s in sft.tensors.items():
+        b = base.tensors.get(name) or _tied_counterpart(name, base, s)
+        out_dtype = _out_dtype(s.dtype, recipe.dtype)
+        if b is None:
+            warnings.append(f"'{name}' exists only in SFT: copied from SFT")
+            tensors.append(TensorPlan(name, SFT, out_dtype, s, note="only in SFT"))
+            continue
+        used_base.add(b.name)
+        if s.dtype not in FLOAT_CODES or b.dtype not in FLOAT_CODES:
+            tensors.append(TensorPlan(name, SFT, out_dtype, s, b, note="not floating point"))
+            continue
+        base_rows = _check_shapes(name, b, s, base, sft)
+        alpha, source = recipe.alpha_for(name, layer_of(name), n_layers)
+        action = BASE if alpha == 0.0 else SFT if alpha == 1.0 else FUSE
+        if alpha_flag and source == "alpha":
+            source = "--alpha"
+        tensors.append(TensorPlan(name, action, out_dtype, s, b, alpha, source, base_rows))
+        if base_rows is not None:
+            warnings.append(
+                f"'{name}': rows {base_rows}..{s.shape[0] - 1} exist only in SFT (added tokens): "
+                "kept from SFT, shared rows fused"
+            )
+
+    base_only = [n for n in base.tensors if n not in used_base and n not in sft.tensors]
+    for n in base_only:
+        why = " (SFT ties it to the input embeddings)" if n.startswith("lm_head") else ""
+        warnings.append(f"'{n}' exists only in BASE{why}: left out")
+    shard_limit = parse_size(recipe.shard_size)
+    shards = plan_shards([t.out_entry for t in tensors], shard_limit)
+    return FusePlan(tensors, shards, warnings, base_only, n_layers, shard_limit)
+
+
+def _out_dtype(sft_dtype: str, wanted: str) -> str:
+    if wanted == "auto" or sft_dtype not in FLOAT_CODES:
+        return sft_dtype
+    return USER_DTYPES[wanted]
+
+
+def _tied_counterpart(name: str, base: Checkpoint, s: TensorInfo) -> TensorInfo | None:
+    """BASE's input embedding when BASE ties lm_head to it and stores no lm_head of its own."""
+    if not name.endswith("lm_head.weight"):
+        return None
+    for bname, b in base.tensors.items():
+        if bname.endswith(_INPUT_EMBEDDINGS) and b.shape[1:] == s.shape[1:]:
+            return b
+    return None
+
+
+def _check_shapes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft: Checkpoint):
+    """None when shapes match; base row count when SFT only appended vocabulary rows."""
+    if b.shape == s.shape:
+        return None
+    appended_rows = (
+        len(b.shape) == len(s.shape) >= 1
+        and b.shape[1:] == s.shape[1:]
+        and s.shape[0] > b.shape[0]
+    )
+    vocab_sized = (
+        s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)
+    ) or bool(_VOCAB_NAMES.search(name))
+    if appended_rows and vocab_sized:
+        return b.shape[0]
+    raise MismatchError(
+        f"tensor '{name}' has shape {tuple(b.shape)} in BASE but {tuple(s.shape)} in SFT; "
+        "same architecture? Only embedding/lm_head rows for added tokens may differ"
+    )
+
+
+def _vocab(ckpt: Checkpoint) -> int | None:
+    for cfg in (ckpt.config, ckpt.config.get("text_config") or {}):
+        if isinstance(cfg.get("vocab_size"), int):
+            return cfg["vocab_size"]
+    return None

@@ -1,0 +1,1 @@
+"""Rendering: Rich on stderr, JSON on stdout. Never imports torch."""

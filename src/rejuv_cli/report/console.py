@@ -1,0 +1,67 @@
+"""Terminal rendering of plans and run summaries (stderr)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+MAX_WARNINGS = 8
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def render_warnings(console, warnings: list[str]) -> None:
+    for w in warnings[:MAX_WARNINGS]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    if len(warnings) > MAX_WARNINGS:
+        console.print(f"[yellow]warning:[/yellow] ... {len(warnings) - MAX_WARNINGS} more "
+                      "(all of them are in rejuv.json / --json)")  # fmt: skip
+
+
+def _table(title: str, summary: dict) -> Table:
+    c = summary["counts"]
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("BASE", _model(summary["base"]))
+    t.add_row("SFT", _model(summary["sft"]))
+    t.add_row("OUT", summary["out"])
+    t.add_row("tensors", f"{c['tensors']}: {c['fused']} fused, {c['from_sft']} from SFT, "
+                         f"{c['from_base']} from BASE")  # fmt: skip
+    if c["sft_only"] or c["base_only_dropped"] or c["added_token_rows"]:
+        t.add_row("mismatches", f"{c['sft_only']} only in SFT (copied), {c['base_only_dropped']} "
+                  f"only in BASE (left out), {c['added_token_rows']} added-token rows kept")  # fmt: skip
+    a = summary["alpha"]
+    values = ", ".join(f"{v} ×{n}" for v, n in a["values"].items()) or "-"
+    t.add_row("alpha", f"default {a['default']}, {a['rules']} rule(s); used: {values}")
+    t.add_row("dtype", ", ".join(f"{d} ×{n}" for d, n in summary["out_dtypes"].items()))
+    t.add_row("size", f"{human_bytes(summary['out_bytes'])} in {c['shards']} shard(s) "
+                      f"of at most {human_bytes(summary['shard_limit'])}")  # fmt: skip
+    return t
+
+
+def _model(m: dict) -> str:
+    rev = f" @ {m['commit'][:12]}" if m.get("commit") else ""
+    return f"{m['spec']}{rev} ({m['format']})"
+
+
+def render_plan(console, summary: dict) -> None:
+    t = _table("rejuv fuse --dry-run: plan (nothing written)", summary)
+    for s in summary["shards"]:
+        t.add_row("shard", f"{s['file']}: {s['tensors']} tensors, {human_bytes(s['bytes'])}")
+    console.print(t)
+
+
+def render_summary(console, summary: dict) -> None:
+    t = _table("rejuv fuse: done", summary)
+    s = summary["seconds"]
+    t.add_row("time", f"{s['total']:.2f} s (plan {s['plan']:.2f} s, write {s['write']:.2f} s, "
+                      f"{summary['throughput_mb_s']} MB/s written) on {summary['device']}")  # fmt: skip
+    t.add_row("digest", f"BASE xxh3 {summary['base']['tensor_digest'][:16]}…, "
+                        f"SFT xxh3 {summary['sft']['tensor_digest'][:16]}…")  # fmt: skip
+    console.print(t)
