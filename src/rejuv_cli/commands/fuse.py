@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from enum import Enum
@@ -78,6 +79,8 @@ def fuse_command(
             parse_size(shard_size)
         except ValueError as e:
             raise UsageError(f"--shard-size: {e}") from None
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
     dtype = dtype.value if dtype is not None else None
     loaded = load_recipe(find_recipe(recipe)) if recipe else Recipe(source=None)
     effective = loaded.with_overrides(alpha=alpha, dtype=dtype, shard_size=shard_size)

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny real-format checkpoint pairs built once per session with transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from rejuv_cli.cli import app
+from rejuv_cli.synth import make_pair
+
+FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "mixtral"]
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory):
+    """family -> (base_dir, sft_dir): bf16, sharded into several files. Read-only: copy to modify."""
+    root = tmp_path_factory.mktemp("pairs")
+    return {f: make_pair(root / f, f, seed=FAMILIES.index(f)) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def llama(pairs):
+    return pairs["llama"]
+
+
+@pytest.fixture
+def llama_copy(llama, tmp_path):
+    """A private, writable copy of the llama pair (for tests that corrupt it)."""
+    base, sft = tmp_path / "base", tmp_path / "sft"
+    shutil.copytree(llama[0], base)
+    shutil.copytree(llama[1], sft)
+    return base, sft
+
+
+def run_cli(*args: str, env: dict | None = None):
+    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def load_dir(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, read with the reference safetensors library."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def reference_fuse(b: torch.Tensor, s: torch.Tensor, alpha: float, dtype=None) -> torch.Tensor:
+    """Independent reference: float32 numpy math θ_b + α(θ_s − θ_b), rounded once by torch."""
+    b32 = b.to(torch.float32).numpy()
+    s32 = s.to(torch.float32).numpy()
+    fused = b32 + np.float32(alpha) * (s32 - b32)
+    return torch.from_numpy(fused).to(dtype or s.dtype)
+
+
+def bits(t: torch.Tensor) -> bytes:
+    """The exact bytes of a tensor (for bit-for-bit comparisons, NaN- and -0.0-safe)."""
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())

@@ -1,0 +1,58 @@
+"""Hub ids resolve through huggingface_hub; HF_HUB_OFFLINE=1 works from the local cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import read_json
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fake_hub_cache(cache, repo_id, src):
+    """Lay out `src` in the Hub cache format: refs/main -> snapshots/<commit>/files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(src, repo / "snapshots" / COMMIT)
+
+
+def rejuv(*args, env):
+    return subprocess.run([sys.executable, "-m", "rejuv_cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_offline_hub_ids_from_the_local_cache(llama, tmp_path):
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "acme/tiny-base", llama[0])
+    fake_hub_cache(cache, "acme/tiny-sft", llama[1])
+    env = os.environ | {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "o"
+    r = rejuv("fuse", "acme/tiny-base", f"acme/tiny-sft@{COMMIT}", "--out", out, "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    inputs = read_json(out / "rejuv.json")["inputs"]
+    assert inputs["base"]["repo_id"] == "acme/tiny-base" and inputs["base"]["commit"] == COMMIT
+    assert inputs["sft"]["revision"] == COMMIT
+    card = (out / "README.md").read_text()
+    assert "- acme/tiny-base\n- acme/tiny-sft\n" in card and f"commit `{COMMIT}`" in card
+
+    r = rejuv("fuse", "acme/not-cached", "acme/tiny-sft", "--out", tmp_path / "o2", env=env)
+    assert r.returncode == 1
+    assert "acme/not-cached: not in the local Hub cache" in r.stderr
+    assert "HF_HUB_OFFLINE=1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys, rejuv_cli.cli; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'transformers', 'safetensors', 'numpy'))))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+    r = subprocess.run([sys.executable, "-m", "rejuv_cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "rejuv fuse ./base ./sft --out ./rejuvenated" in r.stdout
+    assert "Exit codes: 0 ok" in r.stdout
