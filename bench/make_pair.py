@@ -83,8 +83,11 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> tuple[P
         print(f"reusing existing {preset} pair at {out} (pass --force to rebuild)")
         return base_dir, sft_dir
 
+    from transformers.utils import logging as hf_logging
+
     from rejuv_cli.synth import make_pair
 
+    hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
     t0 = time.perf_counter()
     # Build next to the target and move into place at the end: an interrupted build must not
     # leave a config.json that the reuse check above would take for a finished pair.

@@ -20,7 +20,7 @@ FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "mixtral"]
 
 @pytest.fixture(scope="session")
 def pairs(tmp_path_factory):
-    """family -> (base_dir, sft_dir): bf16, sharded into several files. Read-only: copy to modify."""
+    """family -> (base_dir, sft_dir): bf16, several shards. Read-only: copy before modifying."""
     root = tmp_path_factory.mktemp("pairs")
     return {f: make_pair(root / f, f, seed=FAMILIES.index(f)) for f in FAMILIES}
 

@@ -49,7 +49,12 @@ def test_missing_shard(llama_copy, tmp_path):
     base, sft = llama_copy
     shard = first_shard(sft)
     shard.unlink()
-    fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1, f"shard '{shard.name}'", "is missing")
+    fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        f"shard '{shard.name}'",
+        "is missing",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -60,7 +65,12 @@ def test_index_entry_escaping_the_directory(llama_copy, tmp_path):
     name = next(iter(index["weight_map"]))
     index["weight_map"][name] = "../../etc/passwd"
     index_path.write_text(json.dumps(index))
-    fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1, f"'{name}'", "outside the checkpoint")
+    fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        f"'{name}'",
+        "outside the checkpoint",
+    )
 
 
 def test_tensor_listed_but_absent(llama_copy, tmp_path):
@@ -69,8 +79,12 @@ def test_tensor_listed_but_absent(llama_copy, tmp_path):
     index = json.loads(index_path.read_text())
     index["weight_map"]["model.layers.9.ghost.weight"] = first_shard(sft).name
     index_path.write_text(json.dumps(index))
-    fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1,
-          "'model.layers.9.ghost.weight' is listed", "does not contain it")  # fmt: skip
+    fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        "'model.layers.9.ghost.weight' is listed",
+        "does not contain it",
+    )
 
 
 def test_truncated_shard(llama_copy, tmp_path):
@@ -80,13 +94,20 @@ def test_truncated_shard(llama_copy, tmp_path):
     fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1, str(shard), "truncated")
 
 
-@pytest.mark.parametrize("garbage", [b"\x05", struct.pack("<Q", 10**12) + b"{}",
-                                     struct.pack("<Q", 4) + b"nope" + b"\0" * 8])  # fmt: skip
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x05", struct.pack("<Q", 10**12) + b"{}", struct.pack("<Q", 4) + b"nope" + b"\0" * 8],
+)
 def test_corrupt_header(llama_copy, tmp_path, garbage):
     base, sft = llama_copy
     shard = first_shard(sft)
     shard.write_bytes(garbage)
-    fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1, str(shard), "not a valid safetensors")
+    fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        str(shard),
+        "not a valid safetensors",
+    )
 
 
 def test_non_finite_output_names_the_tensor_and_leaves_nothing(llama_copy, tmp_path):
@@ -96,8 +117,12 @@ def test_non_finite_output_names_the_tensor_and_leaves_nothing(llama_copy, tmp_p
     for f in sft.glob("model*.safetensors*"):
         f.unlink()
     save_file(state, sft / "model.safetensors", metadata={"format": "pt"})
-    fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1,
-          "'model.layers.1.mlp.down_proj.weight'", "NaN/inf")  # fmt: skip
+    fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        "'model.layers.1.mlp.down_proj.weight'",
+        "NaN/inf",
+    )
     assert not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o.rejuv-tmp-*"))
 
@@ -112,9 +137,15 @@ def test_unsafe_bin_is_refused(llama, tmp_path):
         def __reduce__(self):
             return (print, ("this must never run",))
 
-    torch.save({"w": torch.zeros(2), "x": Payload()}, sft / "pytorch_model.bin", pickle_module=pickle)
-    err = fails(run_cli("fuse", base, sft, "--out", tmp_path / "o"), 1, "pytorch_model.bin",
-                "weights_only=True")  # fmt: skip
+    torch.save(
+        {"w": torch.zeros(2), "x": Payload()}, sft / "pytorch_model.bin", pickle_module=pickle
+    )
+    err = fails(
+        run_cli("fuse", base, sft, "--out", tmp_path / "o"),
+        1,
+        "pytorch_model.bin",
+        "weights_only=True",
+    )
     assert "this must never run" not in err
 
 
@@ -126,25 +157,38 @@ def test_no_weights_in_directory(llama, tmp_path):
 
 
 def test_model_type_mismatch(pairs, tmp_path):
-    fails(run_cli("fuse", pairs["llama"][0], pairs["qwen2"][1], "--out", tmp_path / "o"), 1,
-          "BASE is a 'llama' model but SFT is 'qwen2'")  # fmt: skip
+    fails(
+        run_cli("fuse", pairs["llama"][0], pairs["qwen2"][1], "--out", tmp_path / "o"),
+        1,
+        "BASE is a 'llama' model but SFT is 'qwen2'",
+    )
 
 
 def test_layer_count_mismatch(llama, tmp_path):
     _, sft3 = make_pair(tmp_path / "deep", "llama", config_overrides={"num_hidden_layers": 3})
-    fails(run_cli("fuse", llama[0], sft3, "--out", tmp_path / "o"), 1,
-          "BASE has 2 layers but SFT has 3")  # fmt: skip
+    fails(
+        run_cli("fuse", llama[0], sft3, "--out", tmp_path / "o"),
+        1,
+        "BASE has 2 layers but SFT has 3",
+    )
 
 
 def test_shape_mismatch_names_tensor_and_shapes(llama, tmp_path):
     _, wide = make_pair(tmp_path / "wide", "llama", config_overrides={"intermediate_size": 96})
-    fails(run_cli("fuse", llama[0], wide, "--out", tmp_path / "o"), 1,
-          "tensor 'model.layers.0.mlp.down_proj.weight' has shape (32, 64) in BASE but (32, 96) in SFT")  # fmt: skip
+    fails(
+        run_cli("fuse", llama[0], wide, "--out", tmp_path / "o"),
+        1,
+        "tensor 'model.layers.0.mlp.down_proj.weight' has shape (32, 64) in BASE "
+        "but (32, 96) in SFT",
+    )
 
 
 def test_missing_input_and_bad_hub_id(llama, tmp_path):
-    fails(run_cli("fuse", tmp_path / "nope", llama[1], "--out", tmp_path / "o"), 1,
-          "no such directory, and not a Hub id")  # fmt: skip
+    fails(
+        run_cli("fuse", tmp_path / "nope", llama[1], "--out", tmp_path / "o"),
+        1,
+        "no such directory, and not a Hub id",
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,7 +207,9 @@ def test_usage_errors_exit_2(llama, tmp_path, args, fragment):
 
 def test_bad_recipe_is_reported_with_file_and_keys(llama, tmp_path):
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("fuse:\n  alpha: 1.5\n  rules: [{match: '*', alpha: [0.1, x]}]\noutput:\n  dtype: int4\n")
+    recipe.write_text(
+        "fuse:\n  alpha: 1.5\n  rules: [{match: '*', alpha: [0.1, x]}]\noutput:\n  dtype: int4\n"
+    )
     err = fails(run_cli("fuse", *llama, "--out", tmp_path / "o", "--recipe", recipe), 1)
     assert f"{recipe}: fuse.alpha: must be between 0 and 1 (got 1.5)" in err
     assert f"{recipe}: fuse.rules[0].alpha[1]: must be a number" in err
@@ -204,7 +250,8 @@ def test_interrupt_with_overwrite_keeps_the_old_output(llama, tmp_path, monkeypa
 
 
 def test_debug_env_shows_traceback(llama, tmp_path):
-    result = run_cli("fuse", tmp_path / "nope", llama[1], "--out", tmp_path / "o",
-                     env={"REJUV_DEBUG": "1"})  # fmt: skip
+    result = run_cli(
+        "fuse", tmp_path / "nope", llama[1], "--out", tmp_path / "o", env={"REJUV_DEBUG": "1"}
+    )
     assert result.exit_code == 1
     assert type(result.exception).__name__ == "ResolveError"

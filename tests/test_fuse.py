@@ -38,14 +38,21 @@ def test_fused_values_coverage_and_loading(pairs, family, tmp_path):
     files = sorted(out.glob("model-*.safetensors"))
     assert len(files) > 1 and all(f.stat().st_size <= 24_000 for f in files)
     assert set(index["weight_map"]) == set(sft)
-    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in fused.values())
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in fused.values()
+    )
     from safetensors import safe_open
 
     with safe_open(files[0], "pt") as f:
         assert f.metadata() == {"format": "pt"}
 
     # Side files come from SFT.
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    for name in (
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ):
         assert (out / name).read_bytes() == (sft_dir / name).read_bytes(), name
     assert read_json(out / "config.json") == read_json(sft_dir / "config.json")
 
@@ -117,14 +124,17 @@ def test_added_tokens_keep_sft_rows_and_fuse_shared_rows(tmp_path):
         b, s, f = base[name], sft[name], fused[name]
         assert s.shape[0] == b.shape[0] + 3 and f.shape == s.shape
         assert bits(f[: b.shape[0]]) == bits(reference_fuse(b, s[: b.shape[0]], 0.5))
-        assert bits(f[b.shape[0]:]) == bits(s[b.shape[0]:])
+        assert bits(f[b.shape[0] :]) == bits(s[b.shape[0] :])
     rejuv = read_json(out / "rejuv.json")
     assert rejuv["counts"]["added_token_rows"] == 6
     assert rejuv["tensors"]["lm_head.weight"]["base_rows"] == b.shape[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert len(AutoTokenizer.from_pretrained(out)) == len(AutoTokenizer.from_pretrained(sft_dir))
-    assert AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0] == s.shape[0]
+    assert (
+        AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.shape[0]
+        == s.shape[0]
+    )
 
 
 def test_tied_embeddings_stay_tied(pairs, tmp_path):
@@ -140,8 +150,12 @@ def test_tied_embeddings_stay_tied(pairs, tmp_path):
 
 def test_untied_sft_from_tied_base_fuses_lm_head_with_base_embeddings(tmp_path):
     """A tied BASE stores no lm_head; its effective lm_head is its input embedding."""
-    base_dir, _ = make_pair(tmp_path / "tied", "qwen2", config_overrides={"tie_word_embeddings": True})
-    _, sft_dir = make_pair(tmp_path / "untied", "qwen2", config_overrides={"tie_word_embeddings": False})
+    base_dir, _ = make_pair(
+        tmp_path / "tied", "qwen2", config_overrides={"tie_word_embeddings": True}
+    )
+    _, sft_dir = make_pair(
+        tmp_path / "untied", "qwen2", config_overrides={"tie_word_embeddings": False}
+    )
     result = run_cli("fuse", base_dir, sft_dir, "--out", tmp_path / "o")
     assert result.exit_code == 0, result.stderr
     base, sft, fused = load_dir(base_dir), load_dir(sft_dir), load_dir(tmp_path / "o")
@@ -169,7 +183,9 @@ def test_tensors_only_in_one_side_are_copied_or_left_out_with_warnings(llama_cop
     fused = load_file(tmp_path / "o" / "model.safetensors")
     assert "model.extra_base.weight" not in fused
     assert torch.equal(fused["model.extra_sft.weight"], load_dir(sft_dir)["model.extra_sft.weight"])
-    assert fused["model.step_counter"].dtype == torch.int64 and fused["model.step_counter"].item() == 7
+    assert (
+        fused["model.step_counter"].dtype == torch.int64 and fused["model.step_counter"].item() == 7
+    )
 
 
 def test_recipe_rules_and_depth_interpolation(llama, tmp_path):
@@ -234,8 +250,17 @@ def test_content_digest_ignores_sharding_but_sees_values(llama, tmp_path):
 
 def test_dry_run_json_writes_nothing(llama, tmp_path):
     base_dir, sft_dir = llama
-    result = run_cli("fuse", base_dir, sft_dir, "--out", tmp_path / "o", "--dry-run", "--json",
-                     "--shard-size", "30KB")  # fmt: skip
+    result = run_cli(
+        "fuse",
+        base_dir,
+        sft_dir,
+        "--out",
+        tmp_path / "o",
+        "--dry-run",
+        "--json",
+        "--shard-size",
+        "30KB",
+    )
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["dry_run"] is True and plan["counts"]["tensors"] == len(load_dir(sft_dir))

@@ -8,7 +8,14 @@ import pytest
 from conftest import run_cli
 
 from rejuv_cli.errors import RecipeError
-from rejuv_cli.recipe import FuseRule, Recipe, bundled_recipes, interpolate, load_recipe, recipe_header
+from rejuv_cli.recipe import (
+    FuseRule,
+    Recipe,
+    bundled_recipes,
+    interpolate,
+    load_recipe,
+    recipe_header,
+)
 
 
 def test_every_bundled_recipe_loads_and_documents_itself():
@@ -17,8 +24,9 @@ def test_every_bundled_recipe_loads_and_documents_itself():
     for path in paths:
         load_recipe(path)
         header = recipe_header(path)
-        assert header and any(h.startswith(f"rejuv fuse BASE SFT --out OUT --recipe {path.stem}")
-                              for h in header), path  # fmt: skip
+        assert header and any(
+            h.startswith(f"rejuv fuse BASE SFT --out OUT --recipe {path.stem}") for h in header
+        ), path
     paper = load_recipe(next(p for p in paths if p.stem == "paper"))
     assert paper.alpha == 0.5 and paper.rules == () and paper.dtype == "auto"
 
@@ -33,8 +41,14 @@ def test_interpolate_over_depth():
 
 
 def test_first_matching_rule_wins_and_lists_skip_layerless_tensors():
-    r = Recipe(alpha=0.5, rules=(FuseRule("*.mlp.*", (0.2, 0.8)), FuseRule("*mlp*", 0.9),
-                                 FuseRule("*embed*", (0.1, 0.1))))  # fmt: skip
+    r = Recipe(
+        alpha=0.5,
+        rules=(
+            FuseRule("*.mlp.*", (0.2, 0.8)),
+            FuseRule("*mlp*", 0.9),
+            FuseRule("*embed*", (0.1, 0.1)),
+        ),
+    )
     assert r.alpha_for("model.layers.3.mlp.up_proj.weight", 3, 4) == (0.8, "rules[0]")
     assert r.alpha_for("model.mlp_head.weight", None, 4) == (0.9, "rules[1]")
     # A depth list does not apply outside numbered layers: falls through to the global alpha.
@@ -79,7 +93,11 @@ def test_validate_command(tmp_path):
     assert r.exit_code == 1
     assert json.loads(r.stdout) == [
         {"file": str(good), "ok": True, "errors": []},
-        {"file": str(bad), "ok": False, "errors": [f"{bad}: fuse.alpha: must be between 0 and 1 (got 2)"]},
+        {
+            "file": str(bad),
+            "ok": False,
+            "errors": [f"{bad}: fuse.alpha: must be between 0 and 1 (got 2)"],
+        },
     ]
 
 

@@ -22,8 +22,13 @@ def fake_hub_cache(cache, repo_id, src):
 
 
 def rejuv(*args, env):
-    return subprocess.run([sys.executable, "-m", "rejuv_cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "rejuv_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_offline_hub_ids_from_the_local_cache(llama, tmp_path):
@@ -47,12 +52,18 @@ def test_offline_hub_ids_from_the_local_cache(llama, tmp_path):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = ("import sys, rejuv_cli.cli; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'transformers', 'safetensors', 'numpy'))))")  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True)
+    code = (
+        "import sys, rejuv_cli.cli; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'safetensors', 'numpy'))))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", "import json; " + code], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
-    r = subprocess.run([sys.executable, "-m", "rejuv_cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "rejuv_cli", "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "rejuv fuse ./base ./sft --out ./rejuvenated" in r.stdout
     assert "Exit codes: 0 ok" in r.stdout

@@ -53,8 +53,17 @@ def test_row_chunks_cover_whole_rows_and_split_at_added_rows():
     assert big_rows == [(0, 100, True), (100, 200, True), (200, 300, True)]
 
 
-@pytest.mark.parametrize("text, value", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30),
-                                         ("1.5kb", 1500), (4096, 4096), ("123", 123)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("5GB", 5 * 10**9),
+        ("500MB", 5 * 10**8),
+        ("2GiB", 2 * 2**30),
+        ("1.5kb", 1500),
+        (4096, 4096),
+        ("123", 123),
+    ],
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -77,10 +86,21 @@ def test_shard_plan_respects_the_limit_including_headers(tmp_path):
 
 
 def test_written_header_is_valid_safetensors_and_aligned(tmp_path):
-    shard = ShardLayout("x.safetensors", [OutEntry("a", "BF16", (3,)), OutEntry("b", "F32", (2, 2)),
-                                          OutEntry("c", "I64", (1,)), OutEntry("d", "BOOL", (5,))])  # fmt: skip
-    values = {"a": torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16), "b": torch.eye(2),
-              "c": torch.tensor([-7]), "d": torch.tensor([True, False, True, True, False])}  # fmt: skip
+    shard = ShardLayout(
+        "x.safetensors",
+        [
+            OutEntry("a", "BF16", (3,)),
+            OutEntry("b", "F32", (2, 2)),
+            OutEntry("c", "I64", (1,)),
+            OutEntry("d", "BOOL", (5,)),
+        ],
+    )
+    values = {
+        "a": torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16),
+        "b": torch.eye(2),
+        "c": torch.tensor([-7]),
+        "d": torch.tensor([True, False, True, True, False]),
+    }
     path = tmp_path / "x.safetensors"
     with open(path, "wb") as f:
         f.write(shard.header_bytes())

@@ -79,11 +79,16 @@ def plan_summary(p: Prepared) -> dict:
         "out_bytes": plan.out_bytes,
         "in_bytes": {"base": p.base.total_bytes(), "sft": p.sft.total_bytes()},
         "out_dtypes": plan.out_dtypes(),
-        "alpha": {"default": p.job.recipe.alpha, "rules": len(p.job.recipe.rules),
-                  "values": {str(a): n for a, n in sorted(alphas.items())}},  # fmt: skip
+        "alpha": {
+            "default": p.job.recipe.alpha,
+            "rules": len(p.job.recipe.rules),
+            "values": {str(a): n for a, n in sorted(alphas.items())},
+        },
         "shard_limit": plan.shard_limit,
-        "shards": [{"file": s.filename, "bytes": s.file_bytes, "tensors": len(s.entries)}
-                   for s in plan.shards],  # fmt: skip
+        "shards": [
+            {"file": s.filename, "bytes": s.file_bytes, "tensors": len(s.entries)}
+            for s in plan.shards
+        ],
         "warnings": plan.warnings,
     }
 
@@ -108,8 +113,11 @@ def run_fuse(p: Prepared, on_bytes: Callable[[int], None] | None = None) -> dict
         summary["base"]["tensor_digest"] = checkpoint_digest(stats.digests["base"], p.base)
         summary["sft"]["tensor_digest"] = checkpoint_digest(stats.digests["sft"], p.sft)
         total = time.perf_counter() - t0 + p.plan_seconds
-        summary["seconds"] = {"plan": round(p.plan_seconds, 3), "write": round(stats.seconds, 3),
-                              "total": round(total, 3)}  # fmt: skip
+        summary["seconds"] = {
+            "plan": round(p.plan_seconds, 3),
+            "write": round(stats.seconds, 3),
+            "total": round(total, 3),
+        }
         summary["throughput_mb_s"] = round(stats.bytes_written / 1e6 / max(stats.seconds, 1e-9), 1)
         summary["device"] = str(device)
         summary["side_files"] = side_files
@@ -132,7 +140,14 @@ def provenance(p: Prepared, summary: dict) -> dict:
         "seconds": summary["seconds"],
         "device": summary["device"],
         "host": {"python": platform.python_version(), "platform": platform.platform()},
-        "tensors": {t.name: {"action": t.action, "alpha": t.alpha, "alpha_source": t.alpha_source,
-                             "dtype": t.out_dtype} | ({"base_rows": t.base_rows} if t.base_rows else {})
-                    for t in p.plan.tensors},  # fmt: skip
+        "tensors": {
+            t.name: {
+                "action": t.action,
+                "alpha": t.alpha,
+                "alpha_source": t.alpha_source,
+                "dtype": t.out_dtype,
+            }
+            | ({"base_rows": t.base_rows} if t.base_rows else {})
+            for t in p.plan.tensors
+        },
     }

@@ -20,8 +20,13 @@ from rejuv_cli.recipe import Recipe
 # model.layers.12.mlp..., transformer.h.3.attn..., gpt_neox.layers.0..., encoder.layer.5...
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)(?:\.|$)")
 # Names of input embeddings, used when a tied BASE stores no separate lm_head.
-_INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
-                     "embed_in.weight", "tok_embeddings.weight")  # fmt: skip
+_INPUT_EMBEDDINGS = (
+    "embed_tokens.weight",
+    "wte.weight",
+    "word_embeddings.weight",
+    "embed_in.weight",
+    "tok_embeddings.weight",
+)
 _VOCAB_NAMES = re.compile(r"embed|wte|lm_head|embed_out|(^|\.)output\.weight$")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -73,8 +78,9 @@ class FusePlan:
             "from_sft": c[SFT],
             "sft_only": sum(1 for t in self.tensors if t.base is None),
             "base_only_dropped": len(self.base_only),
-            "added_token_rows": sum(t.sft.shape[0] - t.base_rows for t in self.tensors
-                                    if t.base_rows is not None),  # fmt: skip
+            "added_token_rows": sum(
+                t.sft.shape[0] - t.base_rows for t in self.tensors if t.base_rows is not None
+            ),
             "shards": len(self.shards),
         }
 
@@ -112,7 +118,9 @@ def check_same_architecture(base: Checkpoint, sft: Checkpoint) -> None:
         )
 
 
-def build_plan(base: Checkpoint, sft: Checkpoint, recipe: Recipe, alpha_flag: bool = False) -> FusePlan:
+def build_plan(
+    base: Checkpoint, sft: Checkpoint, recipe: Recipe, alpha_flag: bool = False
+) -> FusePlan:
     """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
     check_same_architecture(base, sft)
     names_layers = [layer_of(n) for n in sft.tensors]
@@ -174,13 +182,11 @@ def _check_shapes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft
     if b.shape == s.shape:
         return None
     appended_rows = (
-        len(b.shape) == len(s.shape) >= 1
-        and b.shape[1:] == s.shape[1:]
-        and s.shape[0] > b.shape[0]
+        len(b.shape) == len(s.shape) >= 1 and b.shape[1:] == s.shape[1:] and s.shape[0] > b.shape[0]
     )
-    vocab_sized = (
-        s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)
-    ) or bool(_VOCAB_NAMES.search(name))
+    vocab_sized = (s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)) or bool(
+        _VOCAB_NAMES.search(name)
+    )
     if appended_rows and vocab_sized:
         return b.shape[0]
     raise MismatchError(

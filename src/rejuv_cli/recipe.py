@@ -65,7 +65,10 @@ class Recipe:
             "fuse": {
                 "alpha": self.alpha,
                 "rules": [
-                    {"match": r.match, "alpha": list(r.alpha) if isinstance(r.alpha, tuple) else r.alpha}
+                    {
+                        "match": r.match,
+                        "alpha": list(r.alpha) if isinstance(r.alpha, tuple) else r.alpha,
+                    }
                     for r in self.rules
                 ],
             },
@@ -161,7 +164,10 @@ def _unknown(d: dict, where: str, err) -> None:
     allowed = _KNOWN["rule" if where.startswith("fuse.rules") else where]
     for k in d:
         if k not in allowed:
-            err(f"{where}.{k}" if where else str(k), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            err(
+                f"{where}.{k}" if where else str(k),
+                f"unknown key (allowed: {', '.join(sorted(allowed))})",
+            )
 
 
 def _alpha(value, key: str, err, allow_list: bool):

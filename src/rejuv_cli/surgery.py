@@ -44,7 +44,9 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
-def row_chunks(shape: tuple[int, ...], split_row: int | None, chunk_elements: int) -> Iterator[tuple[int, int, bool]]:
+def row_chunks(
+    shape: tuple[int, ...], split_row: int | None, chunk_elements: int
+) -> Iterator[tuple[int, int, bool]]:
     """Flat element ranges (start, stop, before_split) covering a tensor in whole rows.
 
     A row is everything after dim 0 (a scalar or 1-D tensor has 1-element rows). No chunk
@@ -86,8 +88,14 @@ class _Buffers:
 class Executor:
     """Writes the planned shards of one fuse into `out_dir`."""
 
-    def __init__(self, plan: FusePlan, base: Checkpoint, sft: Checkpoint, device: torch.device,
-                 on_bytes: Callable[[int], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        plan: FusePlan,
+        base: Checkpoint,
+        sft: Checkpoint,
+        device: torch.device,
+        on_bytes: Callable[[int], None] | None = None,
+    ):
         self.plan, self.base, self.sft, self.device = plan, base, sft, device
         self.on_bytes = on_bytes or (lambda n: None)
         self.chunk = CHUNK_ELEMENTS[device.type]
@@ -108,7 +116,9 @@ class Executor:
             for entry in shard.ordered():
                 self._write_tensor(f, by_name[entry.name])
 
-    def _read(self, ckpt: Checkpoint, key: str, name: str, start: int, stop: int, hasher) -> torch.Tensor:
+    def _read(
+        self, ckpt: Checkpoint, key: str, name: str, start: int, stop: int, hasher
+    ) -> torch.Tensor:
         info = ckpt.tensors[name]
         raw = self.buffers.get(key, (stop - start) * ITEMSIZE[info.dtype])
         ckpt.read_into(name, start, stop, raw.numpy())

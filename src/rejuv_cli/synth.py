@@ -1,4 +1,4 @@
-"""Small real-format model pairs built offline with transformers: for tests, the demo and benchmarks.
+"""Small real-format model pairs built offline with transformers (tests, demo, benchmarks).
 
 A pair is a BASE made with `from_config` (seeded) and an SFT made from it by a seeded
 perturbation, both saved with `save_pretrained` (sharded when asked) plus a small word-level
@@ -18,19 +18,39 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 WORDS = [str(i) for i in range(100)] + "+ - * / = ( ) . , ? the a of is and to answer step".split()
 
 # Tiny configurations: 2 layers, hidden 32, GQA where the family has it.
-_COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-               bos_token_id=1, eos_token_id=2)  # fmt: skip
+_COMMON = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", dict(_COMMON, tie_word_embeddings=False)),
     "qwen2": ("Qwen2Config", dict(_COMMON, tie_word_embeddings=False)),
     "mistral": ("MistralConfig", dict(_COMMON, tie_word_embeddings=False)),
     "gemma2": ("Gemma2Config", dict(_COMMON, head_dim=8, tie_word_embeddings=True)),
     "phi3": ("Phi3Config", dict(_COMMON, tie_word_embeddings=False)),
-    "mixtral": ("MixtralConfig", dict(_COMMON, num_local_experts=4, num_experts_per_tok=2,
-                                      tie_word_embeddings=False)),  # fmt: skip
-    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)),  # fmt: skip
+    "mixtral": (
+        "MixtralConfig",
+        dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False),
+    ),
+    "gpt2": (
+        "GPT2Config",
+        dict(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 
 
@@ -42,8 +62,13 @@ def tiny_tokenizer():
     vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -97,7 +122,9 @@ def make_pair(
     base.save_pretrained(base_dir, max_shard_size=max_shard_size)
     tok.save_pretrained(base_dir)
     if added_tokens:
-        tok.add_special_tokens({"additional_special_tokens": [f"<tool_{i}>" for i in range(added_tokens)]})
+        tok.add_special_tokens(
+            {"additional_special_tokens": [f"<tool_{i}>" for i in range(added_tokens)]}
+        )
         sft.resize_token_embeddings(config.vocab_size + added_tokens, mean_resizing=False)
     sft.generation_config.temperature = 0.7  # SFT-specific, so tests can tell whose file it is
     sft.generation_config.do_sample = True

@@ -15,8 +15,18 @@ from rejuv_cli.checkpoint.dtypes import CONFIG_NAME
 from rejuv_cli.errors import OutputError
 
 # Weight files and indexes are rewritten, never copied; README.md becomes our model card.
-_NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
-                        ".gguf", ".onnx", ".index.json")  # fmt: skip
+_NOT_COPIED_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".onnx",
+    ".index.json",
+)
 _NOT_COPIED_NAMES = {"README.md", "rejuv.json", "config.json"}
 
 
@@ -57,7 +67,9 @@ def check_output_dir(out: Path, inputs: dict[str, Path], overwrite: bool) -> Non
     for label, path in inputs.items():
         real_in = path.resolve()
         if real_out == real_in or real_out.is_relative_to(real_in):
-            raise OutputError(f"--out {out} is inside {label} ({path}); choose a directory outside it")
+            raise OutputError(
+                f"--out {out} is inside {label} ({path}); choose a directory outside it"
+            )
         if real_in.is_relative_to(real_out):
             raise OutputError(
                 f"{label} ({path}) is inside --out {out}; writing there would destroy the input"

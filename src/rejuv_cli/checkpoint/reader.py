@@ -32,7 +32,9 @@ class Checkpoint:
         self.label = label  # "BASE" / "SFT": used in every message
         self.format = fmt  # "safetensors" | "bin"
         self.tensors = tensors
-        self.config = _read_json(root / "config.json", label) if (root / "config.json").is_file() else {}
+        self.config = (
+            _read_json(root / "config.json", label) if (root / "config.json").is_file() else {}
+        )
         self._fds: dict[Path, int] = {}
         self._bin_tensors: dict[str, object] = {}
 

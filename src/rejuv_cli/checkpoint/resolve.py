@@ -14,8 +14,15 @@ from rejuv_cli.errors import ResolveError
 
 # What a checkpoint needs: weights, configs, tokenizer and chat-template files.
 HUB_PATTERNS = [
-    "*.safetensors", "*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.md", "LICENSE*",
-]  # fmt: skip
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+    "*.md",
+    "LICENSE*",
+]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -49,7 +56,9 @@ def resolve_model(spec: str, label: str) -> ResolvedModel:
     repo_id, _, revision = spec.partition("@")
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local or not _REPO_ID.match(repo_id):
-        raise ResolveError(f"{label} {spec!r}: no such directory, and not a Hub id (org/name[@rev])")
+        raise ResolveError(
+            f"{label} {spec!r}: no such directory, and not a Hub id (org/name[@rev])"
+        )
     return _from_hub(spec, repo_id, revision or None, label)
 
 

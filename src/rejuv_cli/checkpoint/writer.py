@@ -69,8 +69,14 @@ class ShardLayout:
 def _entry_header_bound(e: OutEntry) -> int:
     """An upper bound on the header bytes one entry adds (offsets at their widest)."""
     big = 10**19
-    return len(json.dumps({e.name: {"dtype": e.dtype, "shape": list(e.shape),
-                                    "data_offsets": [big, big]}})) + 1  # fmt: skip
+    return (
+        len(
+            json.dumps(
+                {e.name: {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [big, big]}}
+            )
+        )
+        + 1
+    )
 
 
 def plan_shards(entries: list[OutEntry], max_shard_bytes: int) -> list[ShardLayout]:
@@ -117,14 +123,19 @@ def parse_size(text: str | int) -> int:
         value = text
     else:
         s = str(text).strip().upper().replace(" ", "")
-        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-                 "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}  # fmt: skip
-        for unit, mult in units.items():
-            if s.endswith(unit):
-                number = s[: -len(unit)]
-                break
-        else:
-            number, mult = s, 1
+        units = {
+            "KIB": 2**10,
+            "MIB": 2**20,
+            "GIB": 2**30,
+            "TIB": 2**40,
+            "KB": 10**3,
+            "MB": 10**6,
+            "GB": 10**9,
+            "TB": 10**12,
+            "B": 1,
+        }
+        unit = next((u for u in units if s.endswith(u)), "")
+        number, mult = s[: len(s) - len(unit)], units.get(unit, 1)
         try:
             value = int(float(number) * mult)
         except ValueError:

@@ -19,10 +19,13 @@ QuietFlag = Annotated[
 OutOption = Annotated[
     Path,
     typer.Option(
-        "--out", "-o", help="Output directory (written atomically; refused if it exists).",
-        file_okay=False, show_default=False,
+        "--out",
+        "-o",
+        help="Output directory (written atomically; refused if it exists).",
+        file_okay=False,
+        show_default=False,
     ),
-]  # fmt: skip
+]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
 ]

@@ -6,7 +6,6 @@ import re
 import shlex
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,6 +28,7 @@ class DType(str, Enum):
     fp16 = "fp16"
     fp32 = "fp32"
 
+
 HELP = """Fuse an SFT checkpoint with its base model: θ = θ_base + α·(θ_sft − θ_base).
 
 BASE and SFT are local directories or Hugging Face Hub ids (org/name[@revision]). Every
@@ -47,25 +47,54 @@ Examples:
 
 
 def fuse_command(
-    base: Annotated[str, typer.Argument(help="Base model: directory or Hub id[@revision].", show_default=False)],
-    sft: Annotated[str, typer.Argument(help="SFT model: directory or Hub id[@revision].", show_default=False)],
+    base: Annotated[
+        str, typer.Argument(help="Base model: directory or Hub id[@revision].", show_default=False)
+    ],
+    sft: Annotated[
+        str, typer.Argument(help="SFT model: directory or Hub id[@revision].", show_default=False)
+    ],
     out: OutOption,
-    alpha: Annotated[float | None, typer.Option(
-        "--alpha", "-a", min=0.0, max=1.0,
-        help="Fusion coefficient: 0 = base, 1 = SFT [default: recipe's, else 0.5 (paper)].",
-        show_default=False)] = None,
-    recipe: Annotated[str | None, typer.Option(
-        "--recipe", "-r", help="Recipe file, or a bundled recipe name (see `rejuv recipes`).")] = None,
-    dtype: Annotated[DType | None, typer.Option(
-        "--dtype", case_sensitive=False,
-        help="Output dtype; auto keeps each SFT tensor's own [default: auto].",
-        show_default=False)] = None,
-    shard_size: Annotated[str | None, typer.Option(
-        "--shard-size", help="Largest output shard file, e.g. 5GB, 500MB [default: 5GB].",
-        show_default=False)] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            "-a",
+            min=0.0,
+            max=1.0,
+            help="Fusion coefficient: 0 = base, 1 = SFT [default: recipe's, else 0.5 (paper)].",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", "-r", help="Recipe file, or a bundled recipe name (see `rejuv recipes`)."
+        ),
+    ] = None,
+    dtype: Annotated[
+        DType | None,
+        typer.Option(
+            "--dtype",
+            case_sensitive=False,
+            help="Output dtype; auto keeps each SFT tensor's own [default: auto].",
+            show_default=False,
+        ),
+    ] = None,
+    shard_size: Annotated[
+        str | None,
+        typer.Option(
+            "--shard-size",
+            help="Largest output shard file, e.g. 5GB, 500MB [default: 5GB].",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
+    ] = False,
     json_out: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -84,8 +113,16 @@ def fuse_command(
     dtype = dtype.value if dtype is not None else None
     loaded = load_recipe(find_recipe(recipe)) if recipe else Recipe(source=None)
     effective = loaded.with_overrides(alpha=alpha, dtype=dtype, shard_size=shard_size)
-    job = FuseJob(base, sft, out, effective, device, overwrite, alpha is not None,
-                  _command(base, sft, out, recipe, alpha, dtype, shard_size, device))  # fmt: skip
+    job = FuseJob(
+        base,
+        sft,
+        out,
+        effective,
+        device,
+        overwrite,
+        alpha is not None,
+        _command(base, sft, out, recipe, alpha, dtype, shard_size, device),
+    )
     console = stderr_console(quiet=quiet)
     prepared = prepare_fuse(job)
     try:
@@ -116,11 +153,22 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
 
     if not show:
         return run_fuse(prepared)
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)  # fmt: skip
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    columns = (TextColumn("fusing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("fusing"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("fuse", total=prepared.plan.out_bytes)
         return run_fuse(prepared, on_bytes=lambda n: progress.advance(task, n))
@@ -129,8 +177,12 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
 def _command(base, sft, out, recipe, alpha, dtype, shard_size, device) -> str:
     """The exact command, with only the options that were given, for the card and rejuv.json."""
     args = ["rejuv", "fuse", base, sft, "--out", str(out)]
-    for flag, value in (("--recipe", recipe), ("--alpha", alpha), ("--dtype", dtype),
-                        ("--shard-size", shard_size)):  # fmt: skip
+    for flag, value in (
+        ("--recipe", recipe),
+        ("--alpha", alpha),
+        ("--dtype", dtype),
+        ("--shard-size", shard_size),
+    ):
         if value is not None:
             args += [flag, str(value)]
     if device != "auto":

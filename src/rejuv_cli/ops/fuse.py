@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def fuse(base: torch.Tensor, sft: torch.Tensor, alpha: float, out_dtype: torch.dtype) -> torch.Tensor:
+def fuse(
+    base: torch.Tensor, sft: torch.Tensor, alpha: float, out_dtype: torch.dtype
+) -> torch.Tensor:
     """θ_b + α·(θ_s − θ_b), computed in float32 and rounded once to `out_dtype`.
 
     base, sft: same shape, any floating dtype (bf16/fp16/fp32/...), same device.

@@ -19,8 +19,10 @@ def render_warnings(console, warnings: list[str]) -> None:
     for w in warnings[:MAX_WARNINGS]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if len(warnings) > MAX_WARNINGS:
-        console.print(f"[yellow]warning:[/yellow] ... {len(warnings) - MAX_WARNINGS} more "
-                      "(all of them are in rejuv.json / --json)")  # fmt: skip
+        console.print(
+            f"[yellow]warning:[/yellow] ... {len(warnings) - MAX_WARNINGS} more "
+            "(all of them are in rejuv.json / --json)"
+        )
 
 
 def _table(title: str, summary: dict) -> Table:
@@ -31,17 +33,25 @@ def _table(title: str, summary: dict) -> Table:
     t.add_row("BASE", _model(summary["base"]))
     t.add_row("SFT", _model(summary["sft"]))
     t.add_row("OUT", summary["out"])
-    t.add_row("tensors", f"{c['tensors']}: {c['fused']} fused, {c['from_sft']} from SFT, "
-                         f"{c['from_base']} from BASE")  # fmt: skip
+    t.add_row(
+        "tensors",
+        f"{c['tensors']}: {c['fused']} fused, {c['from_sft']} from SFT, {c['from_base']} from BASE",
+    )
     if c["sft_only"] or c["base_only_dropped"] or c["added_token_rows"]:
-        t.add_row("mismatches", f"{c['sft_only']} only in SFT (copied), {c['base_only_dropped']} "
-                  f"only in BASE (left out), {c['added_token_rows']} added-token rows kept")  # fmt: skip
+        t.add_row(
+            "mismatches",
+            f"{c['sft_only']} only in SFT (copied), {c['base_only_dropped']} "
+            f"only in BASE (left out), {c['added_token_rows']} added-token rows kept",
+        )
     a = summary["alpha"]
     values = ", ".join(f"{v} ×{n}" for v, n in a["values"].items()) or "-"
     t.add_row("alpha", f"default {a['default']}, {a['rules']} rule(s); used: {values}")
     t.add_row("dtype", ", ".join(f"{d} ×{n}" for d, n in summary["out_dtypes"].items()))
-    t.add_row("size", f"{human_bytes(summary['out_bytes'])} in {c['shards']} shard(s) "
-                      f"of at most {human_bytes(summary['shard_limit'])}")  # fmt: skip
+    t.add_row(
+        "size",
+        f"{human_bytes(summary['out_bytes'])} in {c['shards']} shard(s) "
+        f"of at most {human_bytes(summary['shard_limit'])}",
+    )
     return t
 
 
@@ -60,8 +70,14 @@ def render_plan(console, summary: dict) -> None:
 def render_summary(console, summary: dict) -> None:
     t = _table("rejuv fuse: done", summary)
     s = summary["seconds"]
-    t.add_row("time", f"{s['total']:.2f} s (plan {s['plan']:.2f} s, write {s['write']:.2f} s, "
-                      f"{summary['throughput_mb_s']} MB/s written) on {summary['device']}")  # fmt: skip
-    t.add_row("digest", f"BASE xxh3 {summary['base']['tensor_digest'][:16]}…, "
-                        f"SFT xxh3 {summary['sft']['tensor_digest'][:16]}…")  # fmt: skip
+    t.add_row(
+        "time",
+        f"{s['total']:.2f} s (plan {s['plan']:.2f} s, write {s['write']:.2f} s, "
+        f"{summary['throughput_mb_s']} MB/s written) on {summary['device']}",
+    )
+    t.add_row(
+        "digest",
+        f"BASE xxh3 {summary['base']['tensor_digest'][:16]}…, "
+        f"SFT xxh3 {summary['sft']['tensor_digest'][:16]}…",
+    )
     console.print(t)
