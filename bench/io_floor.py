@@ -42,7 +42,12 @@ def tensor_table(model_dir: Path) -> dict[str, list[tuple[str, Path, int, int]]]
     for fname in files:
         raw, header = read_header(model_dir / fname)
         entries = [
-            (name, model_dir / fname, len(raw) + info["data_offsets"][0], len(raw) + info["data_offsets"][1])
+            (
+                name,
+                model_dir / fname,
+                len(raw) + info["data_offsets"][0],
+                len(raw) + info["data_offsets"][1],
+            )
             for name, info in header.items()
             if name != "__metadata__"
         ]
@@ -92,8 +97,11 @@ def write_all(fd: int, data: memoryview | bytes) -> int:
 
 def copy_floor(base_dir: Path, sft_dir: Path, out_dir: Path, chunk_bytes: int) -> tuple[int, int]:
     """Do the I/O; returns (bytes read, bytes written)."""
-    base_where = {name: (path, lo, hi) for entries in tensor_table(base_dir).values()
-                  for name, path, lo, hi in entries}  # fmt: skip
+    base_where = {
+        name: (path, lo, hi)
+        for entries in tensor_table(base_dir).values()
+        for name, path, lo, hi in entries
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     # Separate buffers for BASE and SFT, as rejuv keeps one per side.
     base_reader, sft_reader = Reader(chunk_bytes), Reader(chunk_bytes)
@@ -123,8 +131,12 @@ def main() -> None:
     parser.add_argument("base", type=Path)
     parser.add_argument("sft", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--chunk-mib", type=float, default=1.0,
-                        help="read buffer per side, MiB (1 MiB: stays in cache; fastest here)")  # fmt: skip
+    parser.add_argument(
+        "--chunk-mib",
+        type=float,
+        default=1.0,
+        help="read buffer per side, MiB (1 = rejuv's CPU chunk of 2^19 bf16 elements)",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     read, written = copy_floor(args.base, args.sft, args.out, int(args.chunk_mib * 2**20))

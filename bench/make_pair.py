@@ -28,14 +28,25 @@ from pathlib import Path
 PRESETS: dict[str, dict] = {
     "demo": {
         "max_shard_size": "200KB",  # several shards even for a tiny model
-        "config": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2),  # fmt: skip
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
     },
     "bench": {
         "max_shard_size": "200MB",  # ~603 MB of bf16 -> 4 shards per model
         # 20 × 11.8M (attention + MLP) + 2 × 32.8M (embed_tokens, lm_head) ≈ 301.5M params.
-        "config": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
-                       num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=8),  # fmt: skip
+        "config": dict(
+            vocab_size=32000,
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=20,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        ),
     },
 }
 
@@ -94,16 +105,23 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> tuple[P
     scratch = out / ".building"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    make_pair(scratch, "llama", seed=seed, max_shard_size=spec["max_shard_size"],
-              config_overrides=spec["config"])  # fmt: skip
+    make_pair(
+        scratch,
+        "llama",
+        seed=seed,
+        max_shard_size=spec["max_shard_size"],
+        config_overrides=spec["config"],
+    )
     for side in ("base", "sft"):
         shutil.rmtree(out / side, ignore_errors=True)
         (scratch / side).rename(out / side)
     scratch.rmdir()
     params, nbytes = count_parameters(base_dir)
     shards = len(list(base_dir.glob("*.safetensors")))
-    print(f"built {preset} pair at {out} in {time.perf_counter() - t0:.1f} s: "
-          f"{params:,} parameters, {nbytes:,} bytes of tensors in {shards} shards per model")  # fmt: skip
+    print(
+        f"built {preset} pair at {out} in {time.perf_counter() - t0:.1f} s: "
+        f"{params:,} parameters, {nbytes:,} bytes of tensors in {shards} shards per model"
+    )
     return base_dir, sft_dir
 
 

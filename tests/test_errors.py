@@ -220,15 +220,15 @@ def test_interrupt_exits_130_and_leaves_no_output(llama, tmp_path, monkeypatch):
     import rejuv_cli.surgery as surgery
 
     calls = {"n": 0}
-    original = surgery.Executor._write_tensor
+    original = surgery.Executor._write_chunk
 
-    def interrupted(self, f, tp):
+    def interrupted(self, f, chunk):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, f, tp)
+        return original(self, f, chunk)
 
-    monkeypatch.setattr(surgery.Executor, "_write_tensor", interrupted)
+    monkeypatch.setattr(surgery.Executor, "_write_chunk", interrupted)
     fails(run_cli("fuse", *llama, "--out", tmp_path / "o"), 130, "interrupted")
     assert not (tmp_path / "o").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -241,10 +241,10 @@ def test_interrupt_with_overwrite_keeps_the_old_output(llama, tmp_path, monkeypa
     out.mkdir()
     (out / "old.txt").write_text("previous run")
 
-    def boom(self, f, tp):
+    def boom(self, f, chunk):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(surgery.Executor, "_write_tensor", boom)
+    monkeypatch.setattr(surgery.Executor, "_write_chunk", boom)
     fails(run_cli("fuse", *llama, "--out", out, "--overwrite"), 130)
     assert (out / "old.txt").read_text() == "previous run"
 
