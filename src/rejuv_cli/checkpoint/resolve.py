@@ -23,6 +23,9 @@ HUB_PATTERNS = [
     "*.md",
     "LICENSE*",
 ]
+# Mistral-style repos also ship the same weights as consolidated*.safetensors, and Llama repos
+# an original/ folder for other runtimes: skip them rather than download twice the bytes.
+HUB_SKIP = ["consolidated*", "original/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -72,7 +75,9 @@ def _from_hub(spec: str, repo_id: str, revision: str | None, label: str) -> Reso
     )
 
     try:
-        local = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS)
+        local = snapshot_download(
+            repo_id, revision=revision, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_SKIP
+        )
     except GatedRepoError as e:
         raise ResolveError(
             f"{label} {spec}: gated repository; accept its terms on the Hub and set HF_TOKEN"

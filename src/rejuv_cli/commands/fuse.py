@@ -48,10 +48,16 @@ Examples:
 
 def fuse_command(
     base: Annotated[
-        str, typer.Argument(help="Base model: directory or Hub id[@revision].", show_default=False)
+        str,
+        typer.Argument(
+            metavar="BASE", help="Base model: directory or Hub id[@revision].", show_default=False
+        ),
     ],
     sft: Annotated[
-        str, typer.Argument(help="SFT model: directory or Hub id[@revision].", show_default=False)
+        str,
+        typer.Argument(
+            metavar="SFT", help="SFT model: directory or Hub id[@revision].", show_default=False
+        ),
     ],
     out: OutOption,
     alpha: Annotated[
