@@ -10,6 +10,7 @@ from rejuv_cli import __version__
 from rejuv_cli.commands.common import EXIT_CODES_HELP
 from rejuv_cli.commands.fuse import HELP as FUSE_HELP
 from rejuv_cli.commands.fuse import fuse_command
+from rejuv_cli.commands.inspect import inspect_command
 from rejuv_cli.commands.recipes import recipes_command, validate_command
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("fuse", help=FUSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(fuse_command)
+app.command("inspect", no_args_is_help=True)(inspect_command)
 app.command("recipes")(recipes_command)
 app.command("validate", no_args_is_help=True)(validate_command)
 

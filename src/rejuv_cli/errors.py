@@ -33,6 +33,10 @@ class MismatchError(RejuvError):
     """BASE and SFT are not two versions of the same architecture."""
 
 
+class ArchError(RejuvError):
+    """The model family has no unit map, or the checkpoint does not fit its unit map."""
+
+
 class OutputError(RejuvError):
     """The output directory cannot be written as asked (exists, inside an input, ...)."""
 

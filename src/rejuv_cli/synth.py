@@ -39,6 +39,31 @@ FAMILIES: dict[str, tuple[str, dict]] = {
         "MixtralConfig",
         dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False),
     ),
+    "qwen3": ("Qwen3Config", dict(_COMMON, head_dim=8, tie_word_embeddings=False)),
+    "olmo2": ("Olmo2Config", dict(_COMMON, tie_word_embeddings=False)),
+    "gemma3_text": ("Gemma3TextConfig", dict(_COMMON, head_dim=8, tie_word_embeddings=True)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        dict(
+            _COMMON,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=48,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(
+            _COMMON,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            tie_word_embeddings=False,
+        ),
+    ),
     "gpt2": (
         "GPT2Config",
         dict(

@@ -81,3 +81,29 @@ def render_summary(console, summary: dict) -> None:
         f"SFT xxh3 {summary['sft']['tensor_digest'][:16]}…",
     )
     console.print(t)
+
+
+def render_inspect(console, r: dict) -> None:
+    t = Table(title=f"rejuv inspect: {r['spec']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    experts = f", {r['experts']} experts per layer" if r["experts"] else ""
+    t.add_row("family", f"{r['model_type']} (unit map: {r['unit_map'] or 'none'})")
+    t.add_row("layers", f"{r['layers']}{experts}")
+    t.add_row("parameters", f"{r['parameters']:,} in {r['tensors']} tensors"
+              + (", tied embeddings" if r["tied_embeddings"] else ""))  # fmt: skip
+    t.add_row("dtype", ", ".join(f"{d} ×{n}" for d, n in r["dtypes"].items()))
+    t.add_row(
+        "size", f"{human_bytes(r['disk_bytes'])} on disk in {r['files']} {r['format']} file(s)"
+    )
+    for name, m in r["modules"].items():
+        t.add_row(f"units: {name}", f"{m['units_per_instance']} × {m['instances']} = {m['units']:,}"
+                  f"  ({', '.join(m['tensors'])})")  # fmt: skip
+    if r["modules"]:
+        t.add_row("units total", f"{r['units_total']:,}")
+    if r.get("unit_map_error"):
+        t.add_row("reset", r["unit_map_error"])
+    t.add_row("unaccounted", ", ".join(r["unaccounted"]) or "none")
+    for problem in r["misfits"]:
+        t.add_row("[red]misfit[/red]", problem)
+    console.print(t)

@@ -1,0 +1,242 @@
+"""Unit maps: which slices of which tensors make up one unit ("neuron"), per model family.
+
+Architecture knowledge is data (METHOD.md section 2). A unit is one output channel of an
+input-side projection or one input channel of an output-side projection; a module groups the
+units of one kind in one layer (or one expert). Each `Slice` names a tensor relative to the
+layer prefix, the axis along which unit j is found in the *stored* tensor, and for fused
+tensors which part of that axis holds the module's units.
+
+Pure data and lookups: no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from rejuv_cli.errors import ArchError
+
+
+@dataclass(frozen=True)
+class Slice:
+    tensor: str  # relative to the layer prefix; "{e}" stands for the expert index
+    axis: int  # 0: unit j is row j (output channel); 1: column j (input channel)
+    part: str | None = None  # fused tensor: which part of the axis ("q", "k", "gate", ...)
+    optional: bool = False  # biases exist only in some families/configs
+
+
+@dataclass(frozen=True)
+class ModuleMap:
+    name: str  # "q", "k", "v", "o", "mlp", "expert", "shared_expert"
+    slices: tuple[Slice, ...]
+    size: str  # which config size counts this module's units (see `part_sizes`)
+    per_expert: bool = False
+
+
+@dataclass(frozen=True)
+class FamilyMap:
+    name: str
+    model_types: tuple[str, ...]
+    layer_prefix: str  # with "{i}" for the layer index
+    modules: tuple[ModuleMap, ...]
+    fused_parts: dict[str, tuple[str, ...]]  # fused tensor -> its parts in storage order
+    never_reset: tuple[str, ...]  # globs (full names) fused but never reset: norms, routers, ...
+
+
+def _w(name: str, axis: int, part: str | None = None) -> tuple[Slice, ...]:
+    """A weight slice plus, for row slices, its optional bias (biases follow their rows)."""
+    weight = Slice(f"{name}.weight", axis, part)
+    if axis == 1:
+        return (weight,)
+    return (weight, Slice(f"{name}.bias", 0, part, optional=True))
+
+
+_NEVER_RESET = ("*norm*", "*embed*", "lm_head*", "*.ln_*", "*wte*", "*wpe*", "*rotary*")
+_ATTN = (
+    ModuleMap("q", _w("self_attn.q_proj", 0), "q"),
+    ModuleMap("k", _w("self_attn.k_proj", 0), "kv"),
+    ModuleMap("v", _w("self_attn.v_proj", 0), "kv"),
+    ModuleMap("o", _w("self_attn.o_proj", 1), "q"),
+)
+_GATED_MLP = ModuleMap(
+    "mlp", _w("mlp.gate_proj", 0) + _w("mlp.up_proj", 0) + _w("mlp.down_proj", 1), "intermediate"
+)
+
+FAMILIES: dict[str, FamilyMap] = {}
+
+
+def _register(fm: FamilyMap) -> None:
+    for t in fm.model_types:
+        FAMILIES[t] = fm
+
+
+_register(FamilyMap(
+    "llama-like",
+    ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
+     "granite", "starcoder2_gated", "cohere", "internlm2_hf", "smollm3"),
+    "model.layers.{i}.", _ATTN + (_GATED_MLP,), {}, _NEVER_RESET,
+))  # fmt: skip
+_register(FamilyMap(
+    "phi3", ("phi3",), "model.layers.{i}.",
+    (
+        ModuleMap("q", _w("self_attn.qkv_proj", 0, "q"), "q"),
+        ModuleMap("k", _w("self_attn.qkv_proj", 0, "k"), "kv"),
+        ModuleMap("v", _w("self_attn.qkv_proj", 0, "v"), "kv"),
+        ModuleMap("o", _w("self_attn.o_proj", 1), "q"),
+        # gate_up_proj stacks [gate; up] on dim 0: unit j is rows j and j + I.
+        ModuleMap("mlp", _w("mlp.gate_up_proj", 0, "gate") + _w("mlp.gate_up_proj", 0, "up")
+                  + _w("mlp.down_proj", 1), "intermediate"),
+    ),
+    {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")},
+    _NEVER_RESET,
+))  # fmt: skip
+
+
+def _c_attn(part: str) -> tuple[Slice, ...]:
+    # c_attn is [in, 3·hidden]: q/k/v output channels are column blocks, biases follow them.
+    return (Slice("attn.c_attn.weight", 1, part), Slice("attn.c_attn.bias", 0, part))
+
+
+_MOE = "block_sparse_moe.experts.{e}."
+
+_register(FamilyMap(
+    # GPT-2 Conv1D stores weights as [in, out]: output channels are columns, input channels rows.
+    "gpt2", ("gpt2",), "transformer.h.{i}.",
+    (
+        ModuleMap("q", _c_attn("q"), "q"),
+        ModuleMap("k", _c_attn("k"), "q"),
+        ModuleMap("v", _c_attn("v"), "q"),
+        ModuleMap("o", (Slice("attn.c_proj.weight", 0),), "q"),
+        ModuleMap("mlp", (Slice("mlp.c_fc.weight", 1), Slice("mlp.c_fc.bias", 0),
+                          Slice("mlp.c_proj.weight", 0)), "intermediate"),
+    ),
+    {"attn.c_attn": ("q", "k", "v")},
+    _NEVER_RESET + ("*.attn.c_proj.bias", "*.mlp.c_proj.bias", "*.attn.bias", "*.attn.masked_bias"),
+))  # fmt: skip
+_register(FamilyMap(
+    "mixtral", ("mixtral",), "model.layers.{i}.",
+    _ATTN + (ModuleMap("expert", _w(_MOE + "w1", 0) + _w(_MOE + "w3", 0) + _w(_MOE + "w2", 1),
+                       "intermediate", per_expert=True),),
+    {}, _NEVER_RESET + ("*.block_sparse_moe.gate.weight",),
+))  # fmt: skip
+_register(FamilyMap(
+    "qwen-moe", ("qwen2_moe", "qwen3_moe"), "model.layers.{i}.",
+    _ATTN + (
+        ModuleMap("expert", _w("mlp.experts.{e}.gate_proj", 0) + _w("mlp.experts.{e}.up_proj", 0)
+                  + _w("mlp.experts.{e}.down_proj", 1), "moe_intermediate", per_expert=True),
+        ModuleMap("shared_expert", _w("mlp.shared_expert.gate_proj", 0)
+                  + _w("mlp.shared_expert.up_proj", 0) + _w("mlp.shared_expert.down_proj", 1),
+                  "shared_intermediate"),
+    ),
+    {}, _NEVER_RESET + ("*.mlp.gate.weight", "*.mlp.shared_expert_gate.weight"),
+))  # fmt: skip
+
+
+def family_map(config: dict) -> FamilyMap:
+    """The unit map for a config's model_type, or ArchError listing the supported families."""
+    model_type = config.get("model_type")
+    fm = FAMILIES.get(model_type)
+    if fm is None:
+        raise ArchError(
+            f"no unit map for model_type {model_type!r}, so units cannot be reset (fusion still "
+            f"works with --reset 0). Supported: {', '.join(sorted(FAMILIES))}"
+        )
+    return fm
+
+
+def part_sizes(config: dict) -> dict[str, int]:
+    """Sizes (units per module) from config.json: q rows, k/v rows, MLP widths."""
+    cfg = config.get("text_config") or config
+    hidden = cfg.get("hidden_size") or cfg.get("n_embd")
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    inter = cfg.get("intermediate_size") or cfg.get("n_inner") or (4 * hidden if hidden else None)
+    return {
+        "q": heads * head_dim,
+        "kv": kv_heads * head_dim,
+        "intermediate": inter,
+        "moe_intermediate": cfg.get("moe_intermediate_size") or inter,
+        "shared_intermediate": cfg.get("shared_expert_intermediate_size") or inter,
+    }
+
+
+@dataclass(frozen=True)
+class ModuleInstance:
+    """One module in one layer (and expert): its units and where each slice lives."""
+
+    key: str  # e.g. "layers.3.mlp", "layers.0.expert.2"
+    module: ModuleMap
+    layer: int
+    expert: int | None
+    n_units: int
+    tensors: tuple[tuple[str, Slice, int], ...]  # (full tensor name, slice, offset along axis)
+
+
+def module_instances(fm: FamilyMap, config: dict, names: set[str], n_layers: int,
+                     n_experts: int = 0) -> list[ModuleInstance]:  # fmt: skip
+    """Every module instance present in `names` (a checkpoint's tensor names)."""
+    sizes = part_sizes(config)
+    out = []
+    for i in range(n_layers):
+        prefix = fm.layer_prefix.format(i=i)
+        for m in fm.modules:
+            for e in range(n_experts) if m.per_expert else [None]:
+                tensors = []
+                for s in m.slices:
+                    rel = s.tensor.format(e=e)
+                    name = prefix + rel
+                    if name not in names:
+                        if s.optional:
+                            continue
+                        break
+                    tensors.append((name, s, _offset(fm, rel, s.part, sizes)))
+                else:
+                    key = f"layers.{i}.{m.name}" + (f".{e}" if e is not None else "")
+                    out.append(ModuleInstance(key, m, i, e, sizes[m.size], tuple(tensors)))
+    return out
+
+
+# Which config size measures each fused part.
+_PART_SIZE = {"q": "q", "k": "kv", "v": "kv", "gate": "intermediate", "up": "intermediate"}
+
+
+def _offset(fm: FamilyMap, rel: str, part: str | None, sizes: dict[str, int]) -> int:
+    """Where a fused part starts along its axis: the sizes of the parts stored before it."""
+    if part is None:
+        return 0
+    parts = fm.fused_parts[rel.rsplit(".", 1)[0]]
+    return sum(sizes[_PART_SIZE[p]] for p in parts[: parts.index(part)])
+
+
+def count_experts(names: set[str]) -> int:
+    found = {int(m.group(1)) for n in names if (m := re.search(r"\.experts\.(\d+)\.", n))}
+    return max(found) + 1 if found else 0
+
+
+def unaccounted(fm: FamilyMap, names: set[str], instances: list[ModuleInstance]) -> list[str]:
+    """Tensors that are neither part of a unit nor known never-reset tensors (norms, routers...)."""
+    covered = {name for inst in instances for name, _, _ in inst.tensors}
+    return sorted(
+        n for n in names
+        if n not in covered and not any(fnmatch.fnmatchcase(n, g) for g in fm.never_reset)
+    )  # fmt: skip
+
+
+def misfits(instances: list[ModuleInstance], shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Slices that do not fit their tensor's shape (the config and the weights disagree)."""
+    problems = []
+    for inst in instances:
+        for name, s, offset in inst.tensors:
+            shape = shapes[name]
+            extent = shape[s.axis] if s.axis < len(shape) else None
+            fits = extent == inst.n_units if s.part is None else (
+                extent is not None and extent >= offset + inst.n_units)  # fmt: skip
+            if not fits:
+                want = inst.n_units if s.part is None else f">= {offset + inst.n_units}"
+                problems.append(
+                    f"'{name}' has shape {tuple(shape)}: expected {want} along axis {s.axis} "
+                    f"for {inst.n_units} {inst.module.name} units (config.json sizes)"
+                )
+    return problems

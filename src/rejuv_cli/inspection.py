@@ -1,0 +1,62 @@
+"""`rejuv inspect`: what rejuv sees in a checkpoint (family, units per module, sizes)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+from rejuv_cli.arch.units import (
+    count_experts,
+    family_map,
+    misfits,
+    module_instances,
+    unaccounted,
+)
+from rejuv_cli.checkpoint.reader import Checkpoint
+from rejuv_cli.errors import ArchError
+from rejuv_cli.plan import layer_count, layer_of
+
+
+def inspect_checkpoint(ckpt: Checkpoint) -> dict:
+    """A JSON-ready description of one checkpoint; reads headers only."""
+    names = set(ckpt.tensors)
+    n_layers = layer_count(ckpt) or (max((layer_of(n) or 0 for n in names), default=-1) + 1)
+    files = ckpt.weight_files()
+    report = {
+        "path": str(ckpt.root),
+        "format": ckpt.format,
+        "model_type": ckpt.config.get("model_type"),
+        "layers": n_layers,
+        "experts": count_experts(names),
+        "tensors": len(names),
+        "parameters": sum(math.prod(t.shape) for t in ckpt.tensors.values()),
+        "dtypes": dict(Counter(t.dtype for t in ckpt.tensors.values())),
+        "tensor_bytes": ckpt.total_bytes(),
+        "disk_bytes": sum(f.stat().st_size for f in files),
+        "files": len(files),
+        "tied_embeddings": not any(n.endswith("lm_head.weight") for n in names),
+    }
+    try:
+        fm = family_map(ckpt.config)
+    except ArchError as e:
+        return report | {"unit_map": None, "unit_map_error": str(e), "modules": {},
+                         "units_total": 0, "unaccounted": [], "misfits": []}  # fmt: skip
+    instances = module_instances(fm, ckpt.config, names, n_layers, report["experts"])
+    per_module: dict[str, dict] = defaultdict(
+        lambda: {"instances": 0, "units": 0, "tensors": set()}
+    )
+    for inst in instances:
+        entry = per_module[inst.module.name]
+        entry["instances"] += 1
+        entry["units"] += inst.n_units
+        entry["units_per_instance"] = inst.n_units
+        entry["tensors"].update(name.split(".", 3)[-1] if inst.expert is None else s.tensor
+                                for name, s, _ in inst.tensors)  # fmt: skip
+    modules = {k: v | {"tensors": sorted(v["tensors"])} for k, v in per_module.items()}
+    return report | {
+        "unit_map": fm.name,
+        "modules": modules,
+        "units_total": sum(m["units"] for m in modules.values()),
+        "unaccounted": unaccounted(fm, names, instances),
+        "misfits": misfits(instances, {n: t.shape for n, t in ckpt.tensors.items()}),
+    }
