@@ -14,7 +14,18 @@ from rejuv_cli.errors import ArchError
 from rejuv_cli.inspection import inspect_checkpoint
 from rejuv_cli.synth import make_pair
 
-EXTRA = ["qwen3", "olmo2", "gemma3_text", "qwen2_moe", "qwen3_moe"]
+EXTRA = [
+    "qwen3",
+    "olmo",
+    "olmo2",
+    "gemma",
+    "gemma3_text",
+    "granite",
+    "cohere",
+    "smollm3",
+    "qwen2_moe",
+    "qwen3_moe",
+]
 
 
 @pytest.fixture(scope="module")

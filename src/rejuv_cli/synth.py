@@ -41,6 +41,11 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     ),
     "qwen3": ("Qwen3Config", dict(_COMMON, head_dim=8, tie_word_embeddings=False)),
     "olmo2": ("Olmo2Config", dict(_COMMON, tie_word_embeddings=False)),
+    "olmo": ("OlmoConfig", dict(_COMMON, tie_word_embeddings=False)),
+    "gemma": ("GemmaConfig", dict(_COMMON, head_dim=8, tie_word_embeddings=True)),
+    "granite": ("GraniteConfig", dict(_COMMON, tie_word_embeddings=False)),
+    "cohere": ("CohereConfig", dict(_COMMON, tie_word_embeddings=True)),
+    "smollm3": ("SmolLM3Config", dict(_COMMON, tie_word_embeddings=True)),
     "gemma3_text": ("Gemma3TextConfig", dict(_COMMON, head_dim=8, tie_word_embeddings=True)),
     "qwen2_moe": (
         "Qwen2MoeConfig",

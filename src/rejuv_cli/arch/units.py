@@ -74,7 +74,7 @@ def _register(fm: FamilyMap) -> None:
 _register(FamilyMap(
     "llama-like",
     ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-     "granite", "starcoder2_gated", "cohere", "internlm2_hf", "smollm3"),
+     "granite", "cohere", "smollm3"),
     "model.layers.{i}.", _ATTN + (_GATED_MLP,), {}, _NEVER_RESET,
 ))  # fmt: skip
 _register(FamilyMap(
