@@ -71,19 +71,10 @@ def _existing_matches(root: Path, config: dict) -> bool:
 
 def count_parameters(model_dir: Path) -> tuple[int, int]:
     """(parameters, tensor bytes) from the safetensors headers; reads no tensor data."""
-    params = nbytes = 0
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        with open(shard, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            n = 1
-            for d in info["shape"]:
-                n *= d
-            params += n
-            nbytes += info["data_offsets"][1] - info["data_offsets"][0]
-    return params, nbytes
+    from rejuv_cli.checkpoint.reader import Checkpoint
+
+    with Checkpoint.open(model_dir, "MODEL") as ckpt:
+        return sum(t.numel for t in ckpt.tensors.values()), ckpt.total_bytes()
 
 
 def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> tuple[Path, Path]:

@@ -14,19 +14,19 @@ from rejuv_cli.arch.units import (
 )
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.errors import ArchError
-from rejuv_cli.plan import layer_count, layer_of
+from rejuv_cli.plan import n_layers
 
 
 def inspect_checkpoint(ckpt: Checkpoint) -> dict:
     """A JSON-ready description of one checkpoint; reads headers only."""
     names = set(ckpt.tensors)
-    n_layers = layer_count(ckpt) or (max((layer_of(n) or 0 for n in names), default=-1) + 1)
+    depth = n_layers(ckpt)
     files = ckpt.weight_files()
     report = {
         "path": str(ckpt.root),
         "format": ckpt.format,
         "model_type": ckpt.config.get("model_type"),
-        "layers": n_layers,
+        "layers": depth,
         "experts": count_experts(names),
         "tensors": len(names),
         "parameters": sum(math.prod(t.shape) for t in ckpt.tensors.values()),
@@ -41,7 +41,7 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
     except ArchError as e:
         return report | {"unit_map": None, "unit_map_error": str(e), "modules": {},
                          "units_total": 0, "unaccounted": [], "misfits": []}  # fmt: skip
-    instances = module_instances(fm, ckpt.config, names, n_layers, report["experts"])
+    instances = module_instances(fm, ckpt.config, names, depth, report["experts"])
     per_module: dict[str, dict] = defaultdict(
         lambda: {"instances": 0, "units": 0, "tensors": set()}
     )
@@ -50,8 +50,7 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
         entry["instances"] += 1
         entry["units"] += inst.n_units
         entry["units_per_instance"] = inst.n_units
-        entry["tensors"].update(name.split(".", 3)[-1] if inst.expert is None else s.tensor
-                                for name, s, _ in inst.tensors)  # fmt: skip
+        entry["tensors"].update(s.tensor for _, s, _ in inst.tensors)  # relative, "{e}" kept
     modules = {k: v | {"tensors": sorted(v["tensors"])} for k, v in per_module.items()}
     return report | {
         "unit_map": fm.name,

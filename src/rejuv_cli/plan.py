@@ -102,6 +102,12 @@ def layer_count(ckpt: Checkpoint) -> int | None:
     return None
 
 
+def n_layers(ckpt: Checkpoint) -> int:
+    """Layers per config.json, else one more than the highest layer index in tensor names."""
+    from_names = max((x for x in map(layer_of, ckpt.tensors) if x is not None), default=-1) + 1
+    return layer_count(ckpt) or from_names
+
+
 def check_same_architecture(base: Checkpoint, sft: Checkpoint) -> None:
     """MismatchError when config.json says BASE and SFT are different models."""
     bt, st = base.config.get("model_type"), sft.config.get("model_type")
@@ -123,8 +129,7 @@ def build_plan(
 ) -> FusePlan:
     """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
     check_same_architecture(base, sft)
-    names_layers = [layer_of(n) for n in sft.tensors]
-    n_layers = layer_count(sft) or (max((x for x in names_layers if x is not None), default=-1) + 1)
+    depth = n_layers(sft)
     warnings: list[str] = []
     tensors: list[TensorPlan] = []
     used_base: set[str] = set()
@@ -141,7 +146,7 @@ def build_plan(
             tensors.append(TensorPlan(name, SFT, out_dtype, s, b, note="not floating point"))
             continue
         base_rows = _check_shapes(name, b, s, base, sft)
-        alpha, source = recipe.alpha_for(name, layer_of(name), n_layers)
+        alpha, source = recipe.alpha_for(name, layer_of(name), depth)
         action = BASE if alpha == 0.0 else SFT if alpha == 1.0 else FUSE
         if alpha_flag and source == "alpha":
             source = "--alpha"
@@ -158,7 +163,7 @@ def build_plan(
         warnings.append(f"'{n}' exists only in BASE{why}: left out")
     shard_limit = parse_size(recipe.shard_size)
     shards = plan_shards([t.out_entry for t in tensors], shard_limit)
-    return FusePlan(tensors, shards, warnings, base_only, n_layers, shard_limit)
+    return FusePlan(tensors, shards, warnings, base_only, depth, shard_limit)
 
 
 def _out_dtype(sft_dtype: str, wanted: str) -> str:

@@ -111,17 +111,15 @@ class _ChunkReader:
 
     def stream(self, chunks: Iterator[_Chunk]) -> Iterator[_Chunk]:
         for chunk in chunks:
-            yield self._load(chunk, self.buffers)
+            chunk.sft = self._read(self.sft, "sft", chunk.tp.name, chunk.start, chunk.stop)
+            if chunk.shared and chunk.tp.base is not None:
+                base_name = chunk.tp.base.name
+                chunk.base = self._read(self.base, "base", base_name, chunk.start, chunk.stop)
+            yield chunk
 
-    def _load(self, c: _Chunk, slot: _Buffers) -> _Chunk:
-        c.sft = self._read(self.sft, "sft", c.tp.name, c.start, c.stop, slot)
-        if c.shared and c.tp.base is not None:
-            c.base = self._read(self.base, "base", c.tp.base.name, c.start, c.stop, slot)
-        return c
-
-    def _read(self, ckpt: Checkpoint, role: str, name: str, start: int, stop: int, slot):
+    def _read(self, ckpt: Checkpoint, role: str, name: str, start: int, stop: int):
         info = ckpt.tensors[name]
-        raw = slot.get(role, (stop - start) * ITEMSIZE[info.dtype])
+        raw = self.buffers.get(role, (stop - start) * ITEMSIZE[info.dtype])
         ckpt.read_into(name, start, stop, raw.numpy())
         hasher = self.hashers.get((role, name))
         if hasher is None:
