@@ -12,7 +12,8 @@ from rejuv_cli.synth import make_pair
 
 
 def fuse(base, sft, out, *extra):
-    result = run_cli("fuse", base, sft, "--out", out, "--quiet", *extra)
+    """Fusion only (--reset 0): these tests check the fusion against its reference."""
+    result = run_cli("fuse", base, sft, "--out", out, "--quiet", "--reset", "0", *extra)
     assert result.exit_code == 0, result.stderr
     return result
 
@@ -228,7 +229,8 @@ def test_model_card_and_provenance(llama, tmp_path):
     assert rejuv["recipe_source"].endswith("recipes/paper.yaml")
     assert len(rejuv["inputs"]["sft"]["tensor_digest"]) == 32
     assert rejuv["counts"]["tensors"] == len(load_dir(sft_dir))
-    assert set(rejuv["seconds"]) == {"plan", "write", "total"}
+    assert set(rejuv["seconds"]) == {"plan", "score", "write", "total"}
+    assert rejuv["reset"] is None and "reset** (paper): not applied" in card
 
 
 def test_content_digest_ignores_sharding_but_sees_values(llama, tmp_path):

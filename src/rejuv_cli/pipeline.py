@@ -5,6 +5,7 @@ Commands call `plan_fuse` and `run_fuse`; this module does no rendering.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections import Counter
@@ -15,9 +16,10 @@ from pathlib import Path
 from rejuv_cli import __version__
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.resolve import ResolvedModel, resolve_model
-from rejuv_cli.errors import CheckpointError
+from rejuv_cli.errors import ArchError, CheckpointError
 from rejuv_cli.plan import FusePlan, build_plan
 from rejuv_cli.recipe import Recipe
+from rejuv_cli.scoring import UnitLayout, unit_layout
 
 
 @dataclass
@@ -32,6 +34,8 @@ class FuseJob:
     overwrite: bool = False
     alpha_from_flag: bool = False
     command: str = ""
+    mask_in: Path | None = None  # --mask: reuse these units, skip scoring
+    mask_out: Path | None = None  # --save-mask
 
 
 @dataclass
@@ -43,6 +47,11 @@ class Prepared:
     sft: Checkpoint
     plan: FusePlan
     plan_seconds: float
+    layout: UnitLayout | None = None  # the units that may be reset; None: fusion only
+
+    @property
+    def resetting(self) -> bool:
+        return self.layout is not None
 
     def close(self) -> None:
         self.base.close()
@@ -64,7 +73,83 @@ def prepare_fuse(job: FuseJob) -> Prepared:
             f"SFT {sft.root} has no config.json; the output needs it to load in transformers"
         )
     plan = build_plan(base, sft, job.recipe, alpha_flag=job.alpha_from_flag)
-    return Prepared(job, base_model, sft_model, base, sft, plan, time.perf_counter() - t0)
+    layout = _reset_layout(job, sft, plan)
+    return Prepared(job, base_model, sft_model, base, sft, plan, time.perf_counter() - t0, layout)
+
+
+def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout | None:
+    """The units to reset, or None for fusion only. A model without a unit map is an error
+    when the reset was asked for (flag, recipe, mask) and a warning under the default."""
+    settings = job.recipe.reset
+    if job.mask_in is None and settings.fraction == 0:
+        return None
+    asked = settings.explicit or job.mask_in is not None
+    try:
+        layout = unit_layout(sft, plan, None if job.mask_in else settings.modules)
+    except ArchError as e:
+        if asked:
+            raise
+        plan.warnings.append(f"reset skipped, fusion only: {e}")
+        return None
+    plan.warnings.extend(layout.warnings)
+    if not layout.instances:
+        raise ArchError(
+            f"no resettable units in SFT for modules {', '.join(settings.modules or ['all'])}; "
+            "choose others with --modules, or use --reset 0"
+        )
+    return layout
+
+
+def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = None):
+    """Score and select units (or load --mask); saves --save-mask. Returns (mask, norms, secs).
+
+    `norms` holds the per-tensor statistics the noise-drawing reset modes need.
+    """
+    from rejuv_cli.mask import load_mask, save_mask, select_mask
+    from rejuv_cli.scoring import SCORERS, stream_norms
+
+    t0 = time.perf_counter()
+    settings, layout = p.job.recipe.reset, p.layout
+    if p.job.mask_in is not None:
+        mask = load_mask(p.job.mask_in, layout)
+        norms = None
+        if settings.mode != "base":  # noise is scaled by the tensor's spread: one BASE pass
+            chosen = [i for i in layout.instances if mask.selected.get(i.key, [False]).any()]
+            touched = {name: {0} for inst in chosen for name, _, _ in inst.tensors}
+            norms = stream_norms(p.base, None, touched, device, on_bytes)
+    else:
+        scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes)
+        inputs = {"base": p.job.base, "sft": p.job.sft}
+        inputs |= {f"{k}_commit": m.commit for k, m in
+                   (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip
+        mask, norms = select_mask(layout, scores, settings, inputs), scores.norms
+    if p.job.mask_out is not None:
+        save_mask(mask, p.job.mask_out)
+    return mask, norms, time.perf_counter() - t0
+
+
+def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict | None:
+    """Reset settings and, once units are chosen, the counts per module and layer."""
+    if p.layout is None:
+        return None
+    settings = p.job.recipe.reset
+    info = {
+        "settings": settings.to_json(),
+        "source": f"mask {p.job.mask_in}" if p.job.mask_in else f"{settings.select} scorer",
+        "unit_map": p.layout.family,
+        "modules": list(p.layout.modules),
+        "units": p.layout.total_units,
+    }
+    if mask is None:
+        return info | {"target": math.floor(settings.fraction * p.layout.total_units + 0.5)}
+    from rejuv_cli.mask import mask_counts
+
+    info |= mask_counts(p.layout, mask)
+    if p.job.mask_out is not None:
+        info["mask_saved"] = str(p.job.mask_out)
+    if seconds is not None:
+        info["seconds"] = round(seconds, 3)
+    return info
 
 
 def plan_summary(p: Prepared) -> dict:
@@ -90,10 +175,15 @@ def plan_summary(p: Prepared) -> dict:
             for s in plan.shards
         ],
         "warnings": plan.warnings,
+        "reset": reset_summary(p),
     }
 
 
-def run_fuse(p: Prepared, on_bytes: Callable[[int], None] | None = None) -> dict:
+def run_fuse(
+    p: Prepared,
+    on_bytes: Callable[[int], None] | None = None,
+    on_score_bytes: Callable[[int], None] | None = None,
+) -> dict:
     """Write the fused checkpoint atomically at job.out; returns the run summary."""
     from rejuv_cli.checkpoint.card import write_card_and_provenance
     from rejuv_cli.checkpoint.files import atomic_output_dir, copy_side_files, write_config
@@ -102,19 +192,29 @@ def run_fuse(p: Prepared, on_bytes: Callable[[int], None] | None = None) -> dict
 
     device = pick_device(p.job.device)
     t0 = time.perf_counter()
+    resets, mask, reset_seconds = None, None, None
+    if p.resetting:
+        from rejuv_cli.mask import tensor_resets
+
+        mask, norms, reset_seconds = select_reset(p, device, on_score_bytes)
+        shapes = {n: t.shape for n, t in p.sft.tensors.items()}
+        resets = tensor_resets(p.layout, mask, p.job.recipe.reset, shapes, norms)
     with atomic_output_dir(p.job.out) as tmp:
-        stats = Executor(p.plan, p.base, p.sft, device, on_bytes).run(tmp)
+        executor = Executor(p.plan, p.base, p.sft, device, on_bytes, resets, p.job.recipe.reset)
+        stats = executor.run(tmp)
         write_index(tmp, p.plan.shards)
         dtypes = set(p.plan.out_dtypes())
         explicit = p.job.recipe.dtype != "auto" and len(dtypes) == 1
         write_config(p.sft.root, tmp, dtypes.pop() if explicit else None)
         side_files = copy_side_files(p.sft.root, tmp)
         summary = plan_summary(p)
+        summary["reset"] = reset_summary(p, mask, reset_seconds)
         summary["base"]["tensor_digest"] = checkpoint_digest(stats.digests["base"], p.base)
         summary["sft"]["tensor_digest"] = checkpoint_digest(stats.digests["sft"], p.sft)
         total = time.perf_counter() - t0 + p.plan_seconds
         summary["seconds"] = {
             "plan": round(p.plan_seconds, 3),
+            "score": round(reset_seconds or 0.0, 3),
             "write": round(stats.seconds, 3),
             "total": round(total, 3),
         }
@@ -134,6 +234,7 @@ def provenance(p: Prepared, summary: dict) -> dict:
         "recipe": p.job.recipe.to_json(),
         "recipe_source": p.job.recipe.source,
         "counts": summary["counts"],
+        "reset": summary["reset"],
         "out_dtypes": summary["out_dtypes"],
         "shards": summary["shards"],
         "warnings": summary["warnings"],

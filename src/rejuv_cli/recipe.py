@@ -5,6 +5,16 @@
       rules:                          # ordered; the first rule whose glob matches a name wins
         - match: "*.self_attn.*"
           alpha: [0.4, 0.6]           # a list is interpolated linearly over layer depth
+    reset:                            # targeted neuron reset after fusion (METHOD.md 2-4)
+      fraction: 0.01                  # share of units reset; 0 = fusion only
+      select: drift                   # scorer (see SCORERS)
+      modules: [q, k, v, o, mlp]      # gate/up/down are one MLP unit; experts count as mlp
+      max_per_module: 0.1             # at most this share of any one module (layer, expert)
+      protect: 0.005                  # per module, the largest base-norm units are never reset
+      mode: base                      # base | shrink-perturb | reinit
+      omega: 1.0                      # θ = ω·θ_base + (1−ω)·θ_fused on the reset slices
+      noise: 0.01                     # shrink-perturb / reinit: noise std relative to the tensor's
+      seed: 0
     output:
       dtype: auto                     # auto (SFT's own per tensor) | bf16 | fp16 | fp32
       shard_size: 5GB
@@ -17,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +37,30 @@ from rejuv_cli.errors import RecipeError
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_SHARD_SIZE = "5GB"
+RESET_MODES = ("base", "shrink-perturb", "reinit")
+MAX_RESET_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class ResetSettings:
+    """Targeted neuron reset (METHOD.md sections 2-4). Defaults: the paper's 1%, ω = 1."""
+
+    fraction: float = 0.01
+    select: str = "drift"
+    modules: tuple[str, ...] | None = None  # canonical names; None = every module the map has
+    max_per_module: float = 0.1
+    protect: float = 0.005
+    mode: str = "base"
+    omega: float = 1.0
+    noise: float = 0.01
+    seed: int = 0
+    explicit: bool = False  # asked for by a flag or a recipe (an unmapped model is then an error)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("explicit")
+        d["modules"] = list(self.modules) if self.modules is not None else "all"
+        return d
 
 
 @dataclass(frozen=True)
@@ -43,6 +77,7 @@ class Recipe:
     shard_size: str | int = DEFAULT_SHARD_SIZE
     description: str = ""
     source: str | None = None  # file it came from, for messages and provenance
+    reset: ResetSettings = ResetSettings()
 
     def alpha_for(self, name: str, layer: int | None, n_layers: int) -> tuple[float, str]:
         """The fusion coefficient for tensor `name`, and which setting chose it."""
@@ -60,6 +95,15 @@ class Recipe:
         """A copy with the given fields replaced (None means: keep the recipe's value)."""
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
+    def with_reset(self, **values) -> Recipe:
+        """A copy whose reset settings take the given values (None: keep); given = explicit."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        return dataclasses.replace(
+            self, reset=dataclasses.replace(self.reset, explicit=True, **given)
+        )
+
     def to_json(self) -> dict:
         return {
             "fuse": {
@@ -72,6 +116,7 @@ class Recipe:
                     for r in self.rules
                 ],
             },
+            "reset": self.reset.to_json(),
             "output": {"dtype": self.dtype, "shard_size": self.shard_size},
         }
 
@@ -91,8 +136,9 @@ def interpolate(values: tuple[float, ...], layer: int, n_layers: int) -> float:
 
 # ---- loading and validation ----------------------------------------------------------------
 _KNOWN = {
-    "": {"description", "fuse", "output"},
+    "": {"description", "fuse", "reset", "output"},
     "fuse": {"alpha", "rules"},
+    "reset": {f.name for f in dataclasses.fields(ResetSettings)} - {"explicit"},
     "output": {"dtype", "shard_size"},
     "rule": {"match", "alpha"},
 }
@@ -120,6 +166,7 @@ def parse_recipe(data, source: str) -> Recipe:
     _unknown(data, "", err)
     fuse = _section(data, "fuse", err)
     output = _section(data, "output", err)
+    reset = _section(data, "reset", err)
     kwargs: dict = {"source": source}
 
     if "description" in data:
@@ -133,6 +180,8 @@ def parse_recipe(data, source: str) -> Recipe:
             kwargs["alpha"] = a
     if "rules" in fuse:
         kwargs["rules"] = _rules(fuse["rules"], err)
+    if "reset" in data:
+        kwargs["reset"] = _reset(reset, err)
     if "dtype" in output:
         if output["dtype"] in DTYPES:
             kwargs["dtype"] = output["dtype"]
@@ -149,6 +198,60 @@ def parse_recipe(data, source: str) -> Recipe:
     if errors:
         raise RecipeError("\n".join(errors))
     return Recipe(**kwargs)
+
+
+def _reset(section: dict, err) -> ResetSettings:
+    """The reset: section; every field optional, each checked against its range."""
+    values: dict = {"explicit": True}
+
+    def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
+        if key not in section:
+            return
+        v = section[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            err(f"reset.{key}", f"must be a number (got {v!r})")
+        elif v < lo or v > hi or (lo_open and v == lo):
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            err(f"reset.{key}", f"must be {low} and <= {hi} (got {v})")
+        else:
+            values[key] = float(v)
+
+    number("fraction", 0.0, MAX_RESET_FRACTION)
+    number("max_per_module", 0.0, 1.0, lo_open=True)
+    number("protect", 0.0, 0.5)
+    number("omega", 0.0, 1.0)
+    number("noise", 0.0, 10.0)
+    if "seed" in section:
+        seed = section["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            err("reset.seed", f"must be a non-negative integer (got {seed!r})")
+        else:
+            values["seed"] = seed
+    if "mode" in section:
+        if section["mode"] in RESET_MODES:
+            values["mode"] = section["mode"]
+        else:
+            err("reset.mode", f"must be one of {', '.join(RESET_MODES)} (got {section['mode']!r})")
+    if "select" in section:
+        from rejuv_cli.scoring import SCORERS
+
+        if section["select"] in SCORERS:
+            values["select"] = section["select"]
+        else:
+            err("reset.select", f"must be one of {', '.join(sorted(SCORERS))} "
+                f"(got {section['select']!r})")  # fmt: skip
+    if "modules" in section:
+        from rejuv_cli.arch.units import resolve_modules
+
+        mods = section["modules"]
+        if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
+            err("reset.modules", f"must be a non-empty list of module names (got {mods!r})")
+        else:
+            try:
+                values["modules"] = resolve_modules(mods)
+            except ValueError as e:
+                err("reset.modules", str(e))
+    return ResetSettings(**values)
 
 
 def _section(data: dict, key: str, err) -> dict:
@@ -244,6 +347,3 @@ def recipe_header(path: Path) -> list[str]:
             break
         lines.append(line[1:].strip())
     return lines
-
-
-_ = field  # dataclasses.field kept for future list-valued settings

@@ -24,6 +24,7 @@ class Slice:
     axis: int  # 0: unit j is row j (output channel); 1: column j (input channel)
     part: str | None = None  # fused tensor: which part of the axis ("q", "k", "gate", ...)
     optional: bool = False  # biases exist only in some families/configs
+    out: bool = False  # the unit's outgoing weights (o/down input channels), not incoming
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class FamilyMap:
 
 def _w(name: str, axis: int, part: str | None = None) -> tuple[Slice, ...]:
     """A weight slice plus, for row slices, its optional bias (biases follow their rows)."""
-    weight = Slice(f"{name}.weight", axis, part)
+    # nn.Linear stores [out, in]: rows are a unit's incoming weights, columns its outgoing ones.
+    weight = Slice(f"{name}.weight", axis, part, out=axis == 1)
     if axis == 1:
         return (weight,)
     return (weight, Slice(f"{name}.bias", 0, part, optional=True))
@@ -107,9 +109,9 @@ _register(FamilyMap(
         ModuleMap("q", _c_attn("q"), "q"),
         ModuleMap("k", _c_attn("k"), "q"),
         ModuleMap("v", _c_attn("v"), "q"),
-        ModuleMap("o", (Slice("attn.c_proj.weight", 0),), "q"),
+        ModuleMap("o", (Slice("attn.c_proj.weight", 0, out=True),), "q"),
         ModuleMap("mlp", (Slice("mlp.c_fc.weight", 1), Slice("mlp.c_fc.bias", 0),
-                          Slice("mlp.c_proj.weight", 0)), "intermediate"),
+                          Slice("mlp.c_proj.weight", 0, out=True)), "intermediate"),
     ),
     {"attn.c_attn": ("q", "k", "v")},
     _NEVER_RESET + ("*.attn.c_proj.bias", "*.mlp.c_proj.bias", "*.attn.bias", "*.attn.masked_bias"),
@@ -131,6 +133,26 @@ _register(FamilyMap(
     ),
     {}, _NEVER_RESET + ("*.mlp.gate.weight", "*.mlp.shared_expert_gate.weight"),
 ))  # fmt: skip
+
+
+MODULE_NAMES = ("q", "k", "v", "o", "mlp", "expert", "shared_expert")
+_MLP_KINDS = ("mlp", "expert", "shared_expert")
+# gate, up and down make one MLP unit (METHOD.md section 2: reset together, so the unit is
+# replaced as a whole): naming any of them selects the MLP units, experts' included.
+_MODULE_ALIASES = {"mlp": _MLP_KINDS, "gate": _MLP_KINDS, "up": _MLP_KINDS, "down": _MLP_KINDS}
+MODULE_CHOICES = ("q", "k", "v", "o", "mlp", "gate", "up", "down", "expert", "shared_expert")
+
+
+def resolve_modules(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Canonical module names for user-given ones (aliases expanded); ValueError if unknown."""
+    unknown = [n for n in names if n not in MODULE_CHOICES]
+    if unknown:
+        raise ValueError(
+            f"unknown module {', '.join(map(repr, unknown))} "
+            f"(choose from {', '.join(MODULE_CHOICES)})"
+        )
+    picked = {m for n in names for m in _MODULE_ALIASES.get(n, (n,))}
+    return tuple(m for m in MODULE_NAMES if m in picked)
 
 
 def family_map(config: dict) -> FamilyMap:

@@ -53,7 +53,7 @@ The paper's default is α = 0.5 for all parameters; per-tensor rules and depth-i
 Non-float tensors and tensors that exist only in the SFT checkpoint were copied from SFT;
 embedding rows for tokens added during SFT kept their SFT values.
 
-**Targeted neuron reset** (paper): not applied in this checkpoint.
+{_reset_section(provenance.get("reset"))}
 
 Config, tokenizer, chat template and generation config are the SFT checkpoint's, so RL samples
 in the SFT model's format.
@@ -83,6 +83,33 @@ Command:
 {counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
 Full provenance: `rejuv.json`.
 """
+
+
+def _reset_section(r: dict | None) -> str:
+    if r is None:
+        return "**Targeted neuron reset** (paper): not applied in this checkpoint (`--reset 0`)."
+    cfg = r["settings"]
+    value = {
+        "base": f"θ = ω·θ_base + (1−ω)·θ_fused with ω = {cfg['omega']}",
+        "shrink-perturb": f"θ = ω·θ_base + (1−ω)·θ_fused + N(0, ({cfg['noise']}·std)²) with "
+        f"ω = {cfg['omega']}, seed {cfg['seed']} (shrink-perturb)",
+        "reinit": f"incoming weights redrawn from each tensor's N(mean, std), outgoing weights "
+        f"and biases zeroed, seed {cfg['seed']} (ReDo-style reinit)",
+    }[cfg["mode"]]
+    rows = "\n".join(
+        f"| {name} | {m['units']} | {m['reset']} | {m['reset'] / max(m['units'], 1):.2%} |"
+        for name, m in r["by_module"].items()
+    )
+    return f"""**Targeted neuron reset** (paper; the scorer, per-module cap and protection are
+rejuv's choices): {r["selected"]} of {r["units"]} units (target {r["target"]}, fraction
+{cfg["fraction"]}) chosen by the {r["source"]}, ranked globally, at most
+{cfg["max_per_module"]:.0%} of any one module, the largest-base-norm {cfg["protect"]:.1%} of
+each module protected; their slices were set to {value}. A unit is a row of q/k/v (with its
+bias), a column of o, or an MLP neuron (gate row, up row and down column together).
+
+| module | units | reset | share |
+|---|---|---|---|
+{rows}"""
 
 
 def _revision(model: dict) -> str:

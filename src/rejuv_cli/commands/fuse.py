@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,20 +31,40 @@ class DType(str, Enum):
     fp32 = "fp32"
 
 
-HELP = """Fuse an SFT checkpoint with its base model: θ = θ_base + α·(θ_sft − θ_base).
+class ResetMode(str, Enum):
+    base = "base"
+    shrink_perturb = "shrink-perturb"
+    reinit = "reinit"
+
+
+def _opt(*names: str, help: str, **kw):
+    """A typer.Option in the "Reset" group whose default is shown in the help text itself
+    (a recipe may supply the value, so the flag's own default is None)."""
+    return typer.Option(*names, help=help, show_default=False, rich_help_panel="Reset", **kw)
+
+
+HELP = """Rejuvenate an SFT checkpoint: base-anchored fusion θ = θ_base + α·(θ_sft − θ_base),
+then a reset of the most rigid units (neurons) to their base values.
 
 BASE and SFT are local directories or Hugging Face Hub ids (org/name[@revision]). Every
-floating-point tensor is fused in float32 and rounded once to the output dtype; the output is a
-Hugging Face checkpoint (shards, index, SFT's config/tokenizer/chat template, model card,
-rejuv.json) that RL frameworks load directly. Memory stays bounded by a few chunk buffers.
+floating-point tensor is fused in float32 and rounded once to the output dtype. Then, by
+default, 1% of units (rows of q/k/v, columns of o; MLP unit j = gate row j + up row j + down
+column j) with the largest relative drift from BASE get θ = ω·θ_base + (1−ω)·θ_fused (ω = 1:
+the base bytes). Norms, embeddings and routers are never reset. The output is a Hugging Face
+checkpoint (shards, index, SFT's config/tokenizer/chat template, model card, rejuv.json) that
+RL frameworks load directly. Memory stays bounded by a few chunk buffers.
 
 Examples:
 
   rejuv fuse Qwen/Qwen2.5-1.5B ./sft-ckpt --out ./rejuvenated
 
-  rejuv fuse ./base ./sft -o ./out --alpha 0.4 --dtype bf16 --shard-size 2GB
+  rejuv fuse ./base ./sft -o ./out --reset 0            # fusion only
 
-  rejuv fuse ./base ./sft -o ./out --recipe paper --dry-run --json
+  rejuv fuse ./base ./sft -o ./out --alpha 0.4 --reset 0.02 --modules k,v,mlp
+
+  rejuv fuse ./base ./sft -o ./out --dry-run --save-mask units.safetensors
+
+  rejuv fuse ./base ./sft2 -o ./out2 --mask units.safetensors
 """
 
 
@@ -94,6 +116,92 @@ def fuse_command(
             show_default=False,
         ),
     ] = None,
+    reset: Annotated[
+        float | None,
+        _opt(
+            "--reset",
+            min=0.0,
+            max=0.5,
+            help="Share of units reset after fusion; 0 = fusion only [default: 0.01 (paper)].",
+        ),
+    ] = None,
+    select: Annotated[
+        str | None, _opt("--select", help="How units are scored: drift [default: drift].")
+    ] = None,
+    modules: Annotated[
+        str | None,
+        _opt(
+            "--modules",
+            help="Comma list of q,k,v,o,mlp (gate/up/down name the MLP unit, "
+            "which is reset whole; experts count as mlp) [default: all].",
+        ),
+    ] = None,
+    max_per_module: Annotated[
+        float | None,
+        _opt(
+            "--max-per-module",
+            min=0.0,
+            max=1.0,
+            help="At most this share of any one module (one layer's k, one expert...) "
+            "[default: 0.1].",
+        ),
+    ] = None,
+    protect: Annotated[
+        float | None,
+        _opt(
+            "--protect",
+            min=0.0,
+            max=0.5,
+            help="Per module, this share of units with the largest base norm is never reset "
+            "(super weights) [default: 0.005].",
+        ),
+    ] = None,
+    reset_mode: Annotated[
+        ResetMode | None,
+        _opt(
+            "--reset-mode",
+            case_sensitive=False,
+            help="base: ω·base + (1−ω)·fused; shrink-perturb: that plus seeded noise; reinit: "
+            "incoming weights redrawn, outgoing zeroed (ReDo) [default: base].",
+        ),
+    ] = None,
+    omega: Annotated[
+        float | None,
+        _opt(
+            "--omega",
+            min=0.0,
+            max=1.0,
+            help="Pull of reset units toward BASE; 1 writes the base bytes [default: 1.0].",
+        ),
+    ] = None,
+    noise: Annotated[
+        float | None,
+        _opt(
+            "--noise",
+            min=0.0,
+            max=10.0,
+            help="shrink-perturb noise std, relative to each tensor's std [default: 0.01].",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, _opt("--seed", min=0, help="Seed of the reset modes' noise [default: 0].")
+    ] = None,
+    save_mask: Annotated[
+        Path | None,
+        _opt(
+            "--save-mask",
+            dir_okay=False,
+            help="Write the chosen units to FILE (safetensors); with --dry-run, only that.",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        _opt(
+            "--mask",
+            dir_okay=False,
+            help="Reset the units in FILE (from --save-mask); skips scoring.",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
@@ -116,9 +224,14 @@ def fuse_command(
             raise UsageError(f"--shard-size: {e}") from None
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    reset_flags = _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask)
     dtype = dtype.value if dtype is not None else None
+    mode = reset_mode.value if reset_mode is not None else None
     loaded = load_recipe(find_recipe(recipe)) if recipe else Recipe(source=None)
     effective = loaded.with_overrides(alpha=alpha, dtype=dtype, shard_size=shard_size)
+    effective = effective.with_reset(**reset_flags, mode=mode, omega=omega, noise=noise, seed=seed)
+    if save_mask is not None and mask is None and effective.reset.fraction == 0:
+        raise UsageError("--save-mask: there is nothing to save with --reset 0")
     job = FuseJob(
         base,
         sft,
@@ -127,20 +240,27 @@ def fuse_command(
         device,
         overwrite,
         alpha is not None,
-        _command(base, sft, out, recipe, alpha, dtype, shard_size, device),
-    )
+        _command(base, sft, out, recipe=recipe, alpha=alpha, dtype=dtype, shard_size=shard_size,
+                 reset=reset, select=select, modules=modules, max_per_module=max_per_module,
+                 protect=protect, reset_mode=mode, omega=omega, noise=noise, seed=seed,
+                 save_mask=save_mask, mask=mask, device=None if device == "auto" else device),
+        mask_in=mask,
+        mask_out=save_mask,
+    )  # fmt: skip
     console = stderr_console(quiet=quiet)
+    show_progress = not (quiet or json_out) and sys.stderr.isatty()
     prepared = prepare_fuse(job)
     try:
         if dry_run:
             summary = plan_summary(prepared) | {"dry_run": True}
+            if save_mask is not None and prepared.resetting:
+                summary["reset"] = _save_mask_only(prepared, console, show_progress)
             render_warnings(console, summary["warnings"])
             if json_out:
                 print_json(summary)
             else:
                 render_plan(console, summary)
             return
-        show_progress = not (quiet or json_out) and sys.stderr.isatty()
         summary = _run_with_progress(prepared, console, show_progress) | {"dry_run": False}
     finally:
         prepared.close()
@@ -151,14 +271,70 @@ def fuse_command(
         render_summary(console, summary)
 
 
+def _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask) -> dict:
+    """Check the unit-selection flags; returns the recipe overrides they make."""
+    from rejuv_cli.arch.units import resolve_modules
+    from rejuv_cli.scoring import SCORERS
+
+    given = {"--reset": reset, "--select": select, "--modules": modules,
+             "--max-per-module": max_per_module, "--protect": protect}  # fmt: skip
+    if mask is not None:
+        clash = [flag for flag, v in given.items() if v is not None]
+        if clash:
+            raise UsageError(f"--mask fixes which units are reset; drop {', '.join(clash)}")
+        if save_mask is not None:
+            raise UsageError("--mask and --save-mask: the mask already exists; copy the file")
+    if select is not None and select not in SCORERS:
+        raise UsageError(f"--select {select!r}: choose from {', '.join(sorted(SCORERS))}")
+    if max_per_module == 0:
+        raise UsageError("--max-per-module must be > 0 (use --reset 0 to switch the reset off)")
+    names = None
+    if modules is not None:
+        try:
+            names = resolve_modules([m.strip() for m in modules.split(",") if m.strip()])
+        except ValueError as e:
+            raise UsageError(f"--modules: {e}") from None
+        if not names:
+            raise UsageError("--modules: name at least one module, e.g. q,k,v,o,mlp")
+    return {"fraction": reset, "select": select, "modules": names,
+            "max_per_module": max_per_module, "protect": protect}  # fmt: skip
+
+
+def _save_mask_only(prepared, console, show: bool) -> dict:
+    """--dry-run --save-mask: score and select, write the mask, write no checkpoint."""
+    from rejuv_cli.pipeline import reset_summary, select_reset
+    from rejuv_cli.surgery import pick_device
+
+    device = pick_device(prepared.job.device)
+    with _progress(console, show) as progress:
+        on_bytes = progress("scoring", _score_bytes(prepared))
+        mask, _, seconds = select_reset(prepared, device, on_bytes)
+    return reset_summary(prepared, mask, seconds)
+
+
 fuse_command = guarded(fuse_command)
 
 
 def _run_with_progress(prepared, console, show: bool) -> dict:
     from rejuv_cli.pipeline import run_fuse
 
+    with _progress(console, show) as progress:
+        on_score = progress("scoring", _score_bytes(prepared)) if prepared.resetting else None
+        on_bytes = progress("fusing", prepared.plan.out_bytes)
+        return run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score)
+
+
+def _score_bytes(prepared) -> int:
+    """BASE bytes the scoring pass reads (it reads as many from SFT)."""
+    return sum(prepared.base.tensors[n].nbytes for n in prepared.layout.tensor_axes())
+
+
+@contextmanager
+def _progress(console, show: bool):
+    """Yields add(label, total) -> on_bytes callback; bars by bytes on a terminal only."""
     if not show:
-        return run_fuse(prepared)
+        yield lambda label, total: None
+        return
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -169,28 +345,25 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
     )
 
     columns = (
-        TextColumn("fusing"),
+        TextColumn("{task.description:>8}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("fuse", total=prepared.plan.out_bytes)
-        return run_fuse(prepared, on_bytes=lambda n: progress.advance(task, n))
+
+        def add(label: str, total: int):
+            task = progress.add_task(label, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield add
 
 
-def _command(base, sft, out, recipe, alpha, dtype, shard_size, device) -> str:
+def _command(base, sft, out, **options) -> str:
     """The exact command, with only the options that were given, for the card and rejuv.json."""
     args = ["rejuv", "fuse", base, sft, "--out", str(out)]
-    for flag, value in (
-        ("--recipe", recipe),
-        ("--alpha", alpha),
-        ("--dtype", dtype),
-        ("--shard-size", shard_size),
-    ):
+    for key, value in options.items():
         if value is not None:
-            args += [flag, str(value)]
-    if device != "auto":
-        args += ["--device", device]
+            args += ["--" + key.replace("_", "-"), str(value)]
     return shlex.join(args)

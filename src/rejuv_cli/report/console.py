@@ -47,12 +47,37 @@ def _table(title: str, summary: dict) -> Table:
     values = ", ".join(f"{v} ×{n}" for v, n in a["values"].items()) or "-"
     t.add_row("alpha", f"default {a['default']}, {a['rules']} rule(s); used: {values}")
     t.add_row("dtype", ", ".join(f"{d} ×{n}" for d, n in summary["out_dtypes"].items()))
+    _reset_rows(t, summary.get("reset"))
     t.add_row(
         "size",
         f"{human_bytes(summary['out_bytes'])} in {c['shards']} shard(s) "
         f"of at most {human_bytes(summary['shard_limit'])}",
     )
     return t
+
+
+def _reset_rows(t: Table, r: dict | None) -> None:
+    """The reset: settings, then units reset per module kind once they are chosen."""
+    if r is None:
+        t.add_row("reset", "off (fusion only)")
+        return
+    cfg = r["settings"]
+    how = f"mode {cfg['mode']}, ω {cfg['omega']}"
+    if "selected" not in r:
+        t.add_row("reset", f"{cfg['fraction']:.2%} of {r['units']:,} units (~{r['target']}) by "
+                  f"{r['source']}, cap {cfg['max_per_module']:.0%} per module, {how}")  # fmt: skip
+        return
+    short = f" (target {r['target']}; per-module caps)" if r["selected"] < r["target"] else ""
+    t.add_row("reset", f"{r['selected']:,} of {r['units']:,} units{short} by {r['source']}, "
+              f"{r['protected']:,} protected, {how}")  # fmt: skip
+    for name, m in r["by_module"].items():
+        share = m["reset"] / m["units"] if m["units"] else 0.0
+        t.add_row(f"  reset {name}", f"{m['reset']:,} of {m['units']:,} ({share:.2%})")
+    top = sorted(r["by_layer"].items(), key=lambda kv: (-kv[1], int(kv[0])))[:3]
+    if top and top[0][1]:
+        t.add_row("  most reset", ", ".join(f"layer {k}: {n}" for k, n in top if n))
+    if r.get("mask_saved"):
+        t.add_row("  mask", r["mask_saved"])
 
 
 def _model(m: dict) -> str:
@@ -72,7 +97,8 @@ def render_summary(console, summary: dict) -> None:
     s = summary["seconds"]
     t.add_row(
         "time",
-        f"{s['total']:.2f} s (plan {s['plan']:.2f} s, write {s['write']:.2f} s, "
+        f"{s['total']:.2f} s (plan {s['plan']:.2f} s, score {s['score']:.2f} s, "
+        f"write {s['write']:.2f} s, "
         f"{summary['throughput_mb_s']} MB/s written) on {summary['device']}",
     )
     t.add_row(

@@ -1,0 +1,214 @@
+"""Reset masks: which units are reset, as a reusable artifact, and what that means per tensor.
+
+A mask file is safetensors: one boolean tensor [n_units] per module instance (key
+"layers.3.mlp", "layers.0.expert.2", ...) and string metadata saying how it was made
+(format, model_type, layers, scorer, fraction, seed, inputs). Reusing one with `--mask` skips
+the scoring pass; it is checked against the model's units before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rejuv_cli import __version__
+from rejuv_cli.errors import UsageError
+from rejuv_cli.ops.reset import protected_units, select_units
+from rejuv_cli.recipe import ResetSettings
+from rejuv_cli.scoring import TensorNorms, UnitLayout, UnitScores
+
+MASK_FORMAT = "rejuv-mask"
+MASK_VERSION = "1"
+
+
+class MaskError(UsageError):
+    """A --mask file that cannot be used with these checkpoints (exit 2: fix the arguments)."""
+
+
+@dataclass
+class ResetMask:
+    selected: dict[str, np.ndarray]  # instance key -> [n_units] bool, in layout order
+    meta: dict[str, str]
+    target: int = 0  # units asked for (fraction of all units); caps may leave it unmet
+    protected: int = 0  # units excluded as largest-base-norm
+
+    @property
+    def count(self) -> int:
+        return int(sum(m.sum() for m in self.selected.values()))
+
+
+def select_mask(
+    layout: UnitLayout, scores: UnitScores, settings: ResetSettings, inputs: dict[str, str]
+) -> ResetMask:
+    """Global ranking, top fraction, per-module cap, protection: the units to reset."""
+    protected = [protected_units(b, settings.protect) for b in scores.base_norm_sq]
+    masks, target = select_units(
+        scores.scores, [~p for p in protected], settings.fraction, settings.max_per_module
+    )
+    meta = {
+        "format": MASK_FORMAT,
+        "version": MASK_VERSION,
+        "rejuv_version": __version__,
+        "model_type": str(layout.model_type),
+        "unit_map": layout.family,
+        "layers": str(layout.n_layers),
+        "modules": ",".join(layout.modules),
+        "scorer": settings.select,
+        "fraction": repr(settings.fraction),
+        "max_per_module": repr(settings.max_per_module),
+        "protect": repr(settings.protect),
+        "seed": str(settings.seed),
+        "units": str(layout.total_units),
+    } | {f"input.{k}": v for k, v in inputs.items()}
+    selected = {inst.key: m for inst, m in zip(layout.instances, masks, strict=True)}
+    return ResetMask(selected, meta, target, int(sum(p.sum() for p in protected)))
+
+
+def save_mask(mask: ResetMask, path: Path) -> None:
+    """Write the mask atomically (temp file + rename): a crash never leaves half a file."""
+    from safetensors.numpy import save_file
+
+    meta = mask.meta | {"selected": str(mask.count), "target": str(mask.target)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in mask.selected.items()}, tmp, meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
+    """Read a mask and check it fits `layout` (same model type, layers and unit counts)."""
+    from safetensors import safe_open
+
+    where = f"--mask {path}"
+    if not path.is_file():
+        raise MaskError(f"{where}: no such file")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise MaskError(f"{where}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != MASK_FORMAT:
+        raise MaskError(f"{where}: not a rejuv mask (no format={MASK_FORMAT} metadata); "
+                        "make one with `rejuv fuse ... --save-mask FILE`")  # fmt: skip
+    made_for = f"a {meta.get('model_type')!r} model with {meta.get('layers')} layers"
+    here = f"a {layout.model_type!r} model with {layout.n_layers} layers"
+    if meta.get("model_type") != str(layout.model_type) or meta.get("layers") != str(
+        layout.n_layers
+    ):
+        raise MaskError(f"{where}: made for {made_for}, but SFT is {here}: wrong model?")
+    sizes = layout.sizes()
+    unknown = sorted(set(arrays) - set(sizes))
+    if unknown:
+        raise MaskError(f"{where}: module '{unknown[0]}' is not in SFT ({len(unknown)} such); "
+                        f"made for a different architecture?")  # fmt: skip
+    for key, arr in arrays.items():
+        if arr.dtype != np.bool_ or arr.shape != (sizes[key],):
+            raise MaskError(
+                f"{where}: '{key}' is {arr.dtype}{list(arr.shape)} but SFT has {sizes[key]} "
+                f"units there (expected bool[{sizes[key]}]): made for a different model size?"
+            )
+    selected = {inst.key: arrays[inst.key] for inst in layout.instances if inst.key in arrays}
+    return ResetMask(selected, meta, int(meta.get("target", "0") or 0))
+
+
+def mask_counts(layout: UnitLayout, mask: ResetMask) -> dict:
+    """Units and resets per module kind and per layer (JSON-ready)."""
+    units, reset, by_layer, by_instance = Counter(), Counter(), Counter(), {}
+    for inst in layout.instances:
+        n = int(mask.selected[inst.key].sum()) if inst.key in mask.selected else 0
+        units[inst.module.name] += inst.n_units
+        reset[inst.module.name] += n
+        by_layer[inst.layer] += n
+        if n:
+            by_instance[inst.key] = n
+    return {
+        "units": layout.total_units,
+        "target": mask.target,
+        "selected": mask.count,
+        "protected": mask.protected,
+        "by_module": {m: {"units": units[m], "reset": reset[m]} for m in units},
+        "by_layer": {str(k): by_layer[k] for k in sorted(by_layer)},
+        "by_instance": by_instance,
+    }
+
+
+@dataclass
+class TensorReset:
+    """The reset slices of one tensor, in stored coordinates.
+
+    rows: sorted indices along dim 0 (1-D tensors: element indices); cols: along dim 1.
+    *_out: those slices are outgoing weights (reinit zeroes them).
+    *_values: float32 noise (shrink-perturb) or replacement values (reinit), shaped
+    [len(rows), row_len] and [n_rows, len(cols)]; None in base mode.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    rows_out: bool = False
+    cols_out: bool = False
+    row_values: object = None
+    col_values: object = None
+
+
+def tensor_resets(
+    layout: UnitLayout,
+    mask: ResetMask,
+    settings: ResetSettings,
+    shapes: dict[str, tuple[int, ...]],
+    norms: dict[str, TensorNorms] | None = None,
+) -> dict[str, TensorReset]:
+    """Translate selected units into per-tensor row/column indices (and noise, if the mode
+    draws any: seeded per tensor name, so it does not depend on chunking or device)."""
+    rows: dict[str, list] = {}
+    cols: dict[str, list] = {}
+    side: dict[tuple[str, int], bool] = {}
+    for inst in layout.instances:
+        units = np.flatnonzero(mask.selected.get(inst.key, np.zeros(0, bool)))
+        if units.size == 0:
+            continue
+        for name, sl, offset in inst.tensors:
+            (rows if sl.axis == 0 else cols).setdefault(name, []).append(units + offset)
+            side[(name, sl.axis)] = sl.out
+    result = {}
+    for name in sorted(set(rows) | set(cols)):
+        tr = TensorReset(
+            np.unique(np.concatenate(rows.get(name, [np.zeros(0, np.int64)]))).astype(np.int64),
+            np.unique(np.concatenate(cols.get(name, [np.zeros(0, np.int64)]))).astype(np.int64),
+            side.get((name, 0), False),
+            side.get((name, 1), False),
+        )
+        if settings.mode != "base":
+            _draw_values(tr, name, shapes[name], settings, norms[name])
+        result[name] = tr
+    return result
+
+
+def _draw_values(tr: TensorReset, name: str, shape, settings: ResetSettings, norms) -> None:
+    import torch
+    import xxhash
+
+    seed = xxhash.xxh64_intdigest(f"{settings.seed}\0{name}") & ((1 << 63) - 1)
+    gen = torch.Generator().manual_seed(seed)
+    n_rows, row_len = shape[0], (shape[1] if len(shape) == 2 else 1)
+    std, mean = norms.base_std, norms.base_mean
+
+    def draw(n: int, m: int, outgoing: bool):
+        z = torch.randn(n, m, generator=gen, dtype=torch.float32)
+        if settings.mode == "shrink-perturb":
+            return z.mul_(settings.noise * std)
+        if outgoing or len(shape) == 1:  # reinit (ReDo): outgoing weights and biases to zero
+            return z.zero_()
+        return z.mul_(std).add_(mean)  # incoming weights redrawn from the tensor's N(mean, std)
+
+    if tr.rows.size:
+        tr.row_values = draw(tr.rows.size, row_len, tr.rows_out)
+    if tr.cols.size:
+        tr.col_values = draw(n_rows, tr.cols.size, tr.cols_out)
