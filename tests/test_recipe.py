@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -29,6 +30,9 @@ def test_every_bundled_recipe_loads_and_documents_itself():
         ), path
     paper = load_recipe(next(p for p in paths if p.stem == "paper"))
     assert paper.alpha == 0.5 and paper.rules == () and paper.dtype == "auto"
+    # The paper recipe spells out the defaults: the same settings as no recipe, but explicit.
+    assert paper.reset == dataclasses.replace(Recipe().reset, explicit=True)
+    assert load_recipe(next(p for p in paths if p.stem == "fusion-only")).reset.fraction == 0
 
 
 def test_interpolate_over_depth():
@@ -123,4 +127,4 @@ def test_recipes_command_lists_bundled_recipes():
 
 def test_unknown_recipe_name_lists_bundled(llama, tmp_path):
     r = run_cli("fuse", *llama, "--out", tmp_path / "o", "--recipe", "nonesuch")
-    assert r.exit_code == 1 and "not a bundled recipe (depth, ood, paper)" in r.stderr
+    assert r.exit_code == 1 and "not a bundled recipe (depth, fusion-only, ood, paper)" in r.stderr

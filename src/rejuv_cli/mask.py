@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from rejuv_cli import __version__
-from rejuv_cli.errors import UsageError
+from rejuv_cli.checkpoint.safetensors_file import read_header
+from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout
+from rejuv_cli.errors import CheckpointError, UsageError
 from rejuv_cli.ops.reset import protected_units, select_units
 from rejuv_cli.recipe import ResetSettings
 from rejuv_cli.scoring import TensorNorms, UnitLayout, UnitScores
@@ -69,14 +71,25 @@ def select_mask(
 
 
 def save_mask(mask: ResetMask, path: Path) -> None:
-    """Write the mask atomically (temp file + rename): a crash never leaves half a file."""
-    from safetensors.numpy import save_file
+    """Write the mask atomically (temp file + rename): a crash never leaves half a file.
 
+    Written with rejuv's own safetensors writer: its header lists metadata and tensors in a
+    fixed order, so the same selection gives the same bytes (the reference writer orders
+    metadata by hash).
+    """
     meta = mask.meta | {"selected": str(mask.count), "target": str(mask.target)}
+    layout = ShardLayout(
+        path.name,
+        [OutEntry(k, "BOOL", (v.shape[0],)) for k, v in mask.selected.items()],
+        dict(sorted(meta.items())),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in mask.selected.items()}, tmp, meta)
+        with open(tmp, "wb") as f:
+            f.write(layout.header_bytes())
+            for entry in layout.ordered():
+                f.write(np.ascontiguousarray(mask.selected[entry.name], dtype=np.bool_).tobytes())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -84,16 +97,12 @@ def save_mask(mask: ResetMask, path: Path) -> None:
 
 def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
     """Read a mask and check it fits `layout` (same model type, layers and unit counts)."""
-    from safetensors import safe_open
-
     where = f"--mask {path}"
     if not path.is_file():
         raise MaskError(f"{where}: no such file")
     try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-    except Exception as e:  # safetensors raises its own error types for corrupt files
+        infos, meta = read_header(path)
+    except CheckpointError as e:
         raise MaskError(f"{where}: not a readable safetensors file ({e})") from None
     if meta.get("format") != MASK_FORMAT:
         raise MaskError(f"{where}: not a rejuv mask (no format={MASK_FORMAT} metadata); "
@@ -105,16 +114,20 @@ def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
     ):
         raise MaskError(f"{where}: made for {made_for}, but SFT is {here}: wrong model?")
     sizes = layout.sizes()
-    unknown = sorted(set(arrays) - set(sizes))
+    unknown = sorted(set(infos) - set(sizes))
     if unknown:
         raise MaskError(f"{where}: module '{unknown[0]}' is not in SFT ({len(unknown)} such); "
                         f"made for a different architecture?")  # fmt: skip
-    for key, arr in arrays.items():
-        if arr.dtype != np.bool_ or arr.shape != (sizes[key],):
+    arrays = {}
+    for key, info in infos.items():
+        if info.dtype != "BOOL" or info.shape != (sizes[key],):
             raise MaskError(
-                f"{where}: '{key}' is {arr.dtype}{list(arr.shape)} but SFT has {sizes[key]} "
-                f"units there (expected bool[{sizes[key]}]): made for a different model size?"
+                f"{where}: '{key}' is {info.dtype.lower()}{list(info.shape)} but SFT has "
+                f"{sizes[key]} units there (expected bool[{sizes[key]}]): made for a "
+                "different model size?"
             )
+        arrays[key] = np.fromfile(path, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        arrays[key] = arrays[key].astype(np.bool_)
     selected = {inst.key: arrays[inst.key] for inst in layout.instances if inst.key in arrays}
     return ResetMask(selected, meta, int(meta.get("target", "0") or 0))
 
@@ -195,7 +208,7 @@ def _draw_values(tr: TensorReset, name: str, shape, settings: ResetSettings, nor
     import torch
     import xxhash
 
-    seed = xxhash.xxh64_intdigest(f"{settings.seed}\0{name}") & ((1 << 63) - 1)
+    seed = xxhash.xxh64_intdigest(f"{settings.seed}\0{name}".encode()) & ((1 << 63) - 1)
     gen = torch.Generator().manual_seed(seed)
     n_rows, row_len = shape[0], (shape[1] if len(shape) == 2 else 1)
     std, mean = norms.base_std, norms.base_mean

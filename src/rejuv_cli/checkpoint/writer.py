@@ -37,6 +37,7 @@ class ShardLayout:
 
     filename: str = ""
     entries: list[OutEntry] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=lambda: dict(SHARD_METADATA))
 
     @property
     def data_bytes(self) -> int:
@@ -48,7 +49,7 @@ class ShardLayout:
         return sorted(self.entries, key=lambda e: -ITEMSIZE[e.dtype])
 
     def header_bytes(self) -> bytes:
-        header: dict = {"__metadata__": SHARD_METADATA}
+        header: dict = {"__metadata__": self.metadata}
         offset = 0
         for e in self.ordered():
             header[e.name] = {
