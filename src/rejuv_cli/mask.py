@@ -77,7 +77,11 @@ def save_mask(mask: ResetMask, path: Path) -> None:
     fixed order, so the same selection gives the same bytes (the reference writer orders
     metadata by hash).
     """
-    meta = mask.meta | {"selected": str(mask.count), "target": str(mask.target)}
+    meta = mask.meta | {
+        "selected": str(mask.count),
+        "target": str(mask.target),
+        "protected": str(mask.protected),
+    }
     layout = ShardLayout(
         path.name,
         [OutEntry(k, "BOOL", (v.shape[0],)) for k, v in mask.selected.items()],
@@ -129,7 +133,11 @@ def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
         arrays[key] = np.fromfile(path, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         arrays[key] = arrays[key].astype(np.bool_)
     selected = {inst.key: arrays[inst.key] for inst in layout.instances if inst.key in arrays}
-    return ResetMask(selected, meta, int(meta.get("target", "0") or 0))
+    return ResetMask(selected, meta, _int(meta.get("target")), _int(meta.get("protected")))
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
 
 
 def mask_counts(layout: UnitLayout, mask: ResetMask) -> dict:

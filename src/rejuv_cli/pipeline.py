@@ -101,9 +101,9 @@ def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout |
 
 
 def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = None):
-    """Score and select units (or load --mask); saves --save-mask. Returns (mask, norms, secs).
+    """Score and select units (or load --mask); saves --save-mask. Returns (mask, moments, s).
 
-    `norms` holds the per-tensor statistics the noise-drawing reset modes need.
+    `moments`: per-tensor BASE mean and std, which the noise-drawing reset modes need.
     """
     from rejuv_cli.mask import load_mask, save_mask, select_mask
     from rejuv_cli.scoring import SCORERS, stream_norms
@@ -112,20 +112,20 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
     settings, layout = p.job.recipe.reset, p.layout
     if p.job.mask_in is not None:
         mask = load_mask(p.job.mask_in, layout)
-        norms = None
-        if settings.mode != "base":  # noise is scaled by the tensor's spread: one BASE pass
-            chosen = [i for i in layout.instances if mask.selected.get(i.key, [False]).any()]
-            touched = {name: {0} for inst in chosen for name, _, _ in inst.tensors}
-            norms = stream_norms(p.base, None, touched, device, on_bytes)
     else:
         scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes)
         inputs = {"base": p.job.base, "sft": p.job.sft}
         inputs |= {f"{k}_commit": m.commit for k, m in
                    (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip
-        mask, norms = select_mask(layout, scores, settings, inputs), scores.norms
+        mask = select_mask(layout, scores, settings, inputs)
     if p.job.mask_out is not None:
         save_mask(mask, p.job.mask_out)
-    return mask, norms, time.perf_counter() - t0
+    moments = None
+    if settings.mode != "base":  # noise is scaled by each tensor's spread: one BASE pass
+        chosen = [i for i in layout.instances if mask.selected.get(i.key, [False]).any()]
+        touched = {name: {0} for inst in chosen for name, _, _ in inst.tensors}
+        moments = stream_norms(p.base, None, touched, device)
+    return mask, moments, time.perf_counter() - t0
 
 
 def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict | None:
@@ -145,6 +145,8 @@ def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict 
     from rejuv_cli.mask import mask_counts
 
     info |= mask_counts(p.layout, mask)
+    if p.job.mask_in is not None:  # how the reused mask was made
+        info["mask_metadata"] = dict(sorted(mask.meta.items()))
     if p.job.mask_out is not None:
         info["mask_saved"] = str(p.job.mask_out)
     if seconds is not None:

@@ -120,8 +120,10 @@ def stream_norms(
 ) -> dict[str, TensorNorms]:
     """One streaming pass over the listed tensors: per-row / per-column squared norms.
 
-    With `sft` None only BASE is read (moments and base norms; Δ norms stay zero).
-    Tensors are 1-D (biases: every element is a row) or 2-D.
+    With `sft` None only BASE is read, and the moments of θ_b (sum, sum of squares) are taken
+    too, for the reset modes that draw noise; Δ norms then stay zero. With `sft`, the moments
+    are skipped (the sum costs a third of the pass). Tensors are 1-D (biases: every element is
+    a row) or 2-D.
     """
     import torch
 
@@ -129,7 +131,7 @@ def stream_norms(
 
     reader = ChunkReader(base, sft or base, pin=device.type == "cuda", digest=False)
     chunk = CHUNK_ELEMENTS[device.type]
-    scratch = torch.empty(0, dtype=torch.float32, device=device)  # reused: no per-chunk alloc
+    scratch = _Scratch(device)  # reused float32 buffers: no allocation per chunk
     order = sorted(tensor_axes, key=lambda n: (str(base.tensors[n].file), base.tensors[n].offset))
     result: dict[str, TensorNorms] = {}
     for name in order:
@@ -147,17 +149,17 @@ def stream_norms(
             r0, r1 = start // row_len, stop // row_len
             b = reader.read("base", name, start, stop).to(device, non_blocking=True)
             b2 = b.view(r1 - r0, row_len)
-            base_sq = _sq_norms(b2, axes)
+            base_sq = _sq_norms(b2, axes, scratch.get("work", b.numel()))
             for a, v in base_sq.items():
                 _accumulate(norms.base_sq[a], a, r0, r1, v)
-            norms.base_sum += float(b.sum(dtype=torch.float64))
-            norms.base_sumsq += float(sum(v.sum() for v in base_sq.values()) / len(base_sq))
-            if sft is not None:
+            if sft is None:
+                norms.base_sum += float(b.sum(dtype=torch.float64))
+                norms.base_sumsq += float(next(iter(base_sq.values())).sum())
+            else:
                 s = reader.read("sft", name, start, stop).to(device, non_blocking=True)
-                if scratch.numel() < s.numel():
-                    scratch = torch.empty(s.numel(), dtype=torch.float32, device=device)
-                delta = scratch[: s.numel()].copy_(s).sub_(b)  # Δ in float32
-                for a, v in _sq_norms(delta.view(r1 - r0, row_len), axes).items():
+                delta = scratch.get("delta", s.numel()).copy_(s).sub_(b)  # Δ in float32
+                work = scratch.get("work", s.numel())
+                for a, v in _sq_norms(delta.view(r1 - r0, row_len), axes, work).items():
                     _accumulate(norms.delta_sq[a], a, r0, r1, v)
             if on_bytes is not None:
                 on_bytes((stop - start) * b.element_size())
@@ -165,14 +167,37 @@ def stream_norms(
     return result
 
 
-def _sq_norms(x2d, axes: set[int]) -> dict[int, np.ndarray]:
-    """Squared L2 norms of each row (axis 0) and/or each column (axis 1), as float64 numpy."""
+class _Scratch:
+    """Named float32 buffers on the device, grown on demand."""
+
+    def __init__(self, device):
+        self.device, self.bufs = device, {}
+
+    def get(self, key: str, n: int):
+        import torch
+
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.bufs[key] = torch.empty(n, dtype=torch.float32, device=self.device)
+        return buf[:n]
+
+
+def _sq_norms(x2d, axes: set[int], work) -> dict[int, np.ndarray]:
+    """Squared L2 norms of each row (axis 0) and/or each column (axis 1), as float64 numpy.
+
+    x2d: [rows, row_len], any float dtype; work: float32 scratch of x2d.numel() elements.
+    Columns go through square-then-sum(0): torch's vector_norm over dim 0 is ~8x slower on
+    CPU (measured here: 0.88 ms vs 0.11 ms per 512K-element chunk).
+    """
     import torch
 
     out = {}
-    for a in axes:
-        n = torch.linalg.vector_norm(x2d, dim=1 - a, dtype=torch.float32)
-        out[a] = n.double().square().cpu().numpy()
+    if 0 in axes:
+        rows = torch.linalg.vector_norm(x2d, dim=1, dtype=torch.float32)
+        out[0] = rows.double().square().cpu().numpy()
+    if 1 in axes:
+        squares = work.view_as(x2d).copy_(x2d).square_()
+        out[1] = squares.sum(0).double().cpu().numpy()
     return out
 
 
