@@ -108,6 +108,11 @@ def test_reset_changes_exactly_the_selected_slices_to_base(pairs, moe_pair, fami
     summary = read_json(tmp_path / "reset" / "rejuv.json")["reset"]
     assert summary["selected"] == selected and summary["units"] == units
     assert sum(m["reset"] for m in summary["by_module"].values()) == selected
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "reset")
+    logits = model(torch.tensor([[1, 5, 9, 2]])).logits
+    assert torch.isfinite(logits).all()
 
 
 def rewrite(ckpt_dir, edit) -> None:
