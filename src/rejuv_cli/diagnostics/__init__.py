@@ -1,0 +1,1 @@
+"""Plasticity diagnostics: weight space (streaming), output space, unit activity, sharpness."""
