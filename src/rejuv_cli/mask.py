@@ -218,7 +218,9 @@ def _draw_values(tr: TensorReset, name: str, shape, settings: ResetSettings, nor
 
     seed = xxhash.xxh64_intdigest(f"{settings.seed}\0{name}".encode()) & ((1 << 63) - 1)
     gen = torch.Generator().manual_seed(seed)
-    n_rows, row_len = shape[0], (shape[1] if len(shape) == 2 else 1)
+    from rejuv_cli.surgery import row_length
+
+    n_rows, row_len = shape[0], row_length(shape)
     std, mean = norms.base_std, norms.base_mean
 
     def draw(n: int, m: int, outgoing: bool):

@@ -5,7 +5,6 @@ Commands call `plan_fuse` and `run_fuse`; this module does no rendering.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from collections import Counter
@@ -141,7 +140,9 @@ def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict 
         "units": p.layout.total_units,
     }
     if mask is None:
-        return info | {"target": math.floor(settings.fraction * p.layout.total_units + 0.5)}
+        from rejuv_cli.ops.reset import target_count
+
+        return info | {"target": target_count(settings.fraction, p.layout.total_units)}
     from rejuv_cli.mask import mask_counts
 
     info |= mask_counts(p.layout, mask)

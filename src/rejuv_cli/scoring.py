@@ -103,7 +103,7 @@ class TensorNorms:
 
     @property
     def base_std(self) -> float:
-        mean = self.base_sum / max(self.numel, 1)
+        mean = self.base_mean
         return math.sqrt(max(self.base_sumsq / max(self.numel, 1) - mean * mean, 0.0))
 
     @property
@@ -127,18 +127,18 @@ def stream_norms(
     """
     import torch
 
-    from rejuv_cli.surgery import CHUNK_ELEMENTS, ChunkReader, row_chunks
+    from rejuv_cli.surgery import CHUNK_ELEMENTS, ChunkReader, Scratch, row_chunks, row_length
 
     reader = ChunkReader(base, sft or base, pin=device.type == "cuda", digest=False)
     chunk = CHUNK_ELEMENTS[device.type]
-    scratch = _Scratch(device)  # reused float32 buffers: no allocation per chunk
+    scratch = Scratch(device)  # reused float32 buffers: no allocation per chunk
     order = sorted(tensor_axes, key=lambda n: (str(base.tensors[n].file), base.tensors[n].offset))
     result: dict[str, TensorNorms] = {}
     for name in order:
         shape = base.tensors[name].shape
         if len(shape) > 2:
             raise ArchError(f"tensor '{name}' has {len(shape)} dimensions; units need 1-D or 2-D")
-        row_len = shape[1] if len(shape) == 2 else 1
+        row_len = row_length(shape)
         axes = tensor_axes[name]
         norms = TensorNorms(
             {a: np.zeros(shape[a] if a < len(shape) else 1) for a in axes},
@@ -165,21 +165,6 @@ def stream_norms(
                 on_bytes((stop - start) * b.element_size())
         result[name] = norms
     return result
-
-
-class _Scratch:
-    """Named float32 buffers on the device, grown on demand."""
-
-    def __init__(self, device):
-        self.device, self.bufs = device, {}
-
-    def get(self, key: str, n: int):
-        import torch
-
-        buf = self.bufs.get(key)
-        if buf is None or buf.numel() < n:
-            buf = self.bufs[key] = torch.empty(n, dtype=torch.float32, device=self.device)
-        return buf[:n]
 
 
 def _sq_norms(x2d, axes: set[int], work) -> dict[int, np.ndarray]:

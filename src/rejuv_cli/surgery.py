@@ -50,6 +50,11 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
+def row_length(shape: tuple[int, ...]) -> int:
+    """Elements per row: everything after dim 0 (a scalar or 1-D tensor has 1-element rows)."""
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
 def row_chunks(
     shape: tuple[int, ...], split_row: int | None, chunk_elements: int
 ) -> Iterator[tuple[int, int, bool]]:
@@ -59,7 +64,7 @@ def row_chunks(
     crosses `split_row`, so rows before it and rows after it can be treated differently.
     """
     n_rows = shape[0] if shape else 1
-    row_len = math.prod(shape[1:]) if len(shape) > 1 else 1
+    row_len = row_length(shape)
     if n_rows == 0 or row_len == 0:
         return
     per = max(1, chunk_elements // row_len)
@@ -89,6 +94,20 @@ class Buffers:
             buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
             self._bufs[key] = buf
         return buf[:nbytes]
+
+
+class Scratch:
+    """Named float32 work buffers on the compute device, grown on demand (no per-chunk alloc)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, n: int) -> torch.Tensor:
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(n, dtype=torch.float32, device=self.device)
+        return buf[:n]
 
 
 @dataclass
@@ -243,8 +262,7 @@ class Executor:
         tr = self.resets.get(tp.name)
         if tr is None:
             return
-        shape = tp.sft.shape
-        row_len = math.prod(shape[1:]) if len(shape) > 1 else 1
+        row_len = row_length(tp.sft.shape)
         r0, r1 = c.start // row_len, c.stop // row_len
         out2, b2, s2 = (t.view(r1 - r0, row_len) for t in (out, b, s))
         lo, hi = np.searchsorted(tr.rows, [r0, r1])

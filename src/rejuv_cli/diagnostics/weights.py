@@ -66,16 +66,11 @@ def weight_drift(
 
     Covers every floating-point tensor that BASE and SFT share (added-token rows excluded).
     """
-    from rejuv_cli.surgery import CHUNK_ELEMENTS, ChunkReader, row_chunks
+    from rejuv_cli.surgery import CHUNK_ELEMENTS, ChunkReader, Scratch, row_chunks, row_length
 
     reader = ChunkReader(base, sft, pin=device.type == "cuda", digest=False)
     chunk = CHUNK_ELEMENTS[device.type]
-    bufs: dict[str, torch.Tensor] = {}
-
-    def scratch(key: str, n: int) -> torch.Tensor:
-        if key not in bufs or bufs[key].numel() < n:
-            bufs[key] = torch.empty(n, dtype=torch.float32, device=device)
-        return bufs[key][:n]
+    scratch = Scratch(device).get
 
     moments: dict[str, DeltaMoments] = {}
     for tp in plan.tensors:
@@ -83,8 +78,7 @@ def weight_drift(
             continue
         shape = tp.sft.shape
         rows = tp.base_rows if tp.base_rows is not None else (shape[0] if shape else 1)
-        row_len = tp.sft.numel // max(shape[0], 1) if shape else 1
-        m = moments[tp.name] = DeltaMoments(rows * row_len)
+        m = moments[tp.name] = DeltaMoments(rows * row_length(shape))
         for start, stop, shared in row_chunks(shape, tp.base_rows, chunk):
             if not shared:
                 continue

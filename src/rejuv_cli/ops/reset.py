@@ -48,6 +48,11 @@ def protected_units(base_norm_sq: np.ndarray, fraction: float) -> np.ndarray:
     return mask
 
 
+def target_count(fraction: float, total: int) -> int:
+    """Units a reset of `fraction` asks for: round(fraction · total), halves up."""
+    return math.floor(fraction * total + 0.5)
+
+
 def select_units(
     scores: list[np.ndarray], eligible: list[np.ndarray], fraction: float, max_per_module: float
 ) -> tuple[list[np.ndarray], int]:
@@ -60,7 +65,7 @@ def select_units(
     """
     sizes = [s.shape[0] for s in scores]
     total = sum(sizes)
-    target = math.floor(fraction * total + 0.5)
+    target = target_count(fraction, total)
     masks = [np.zeros(n, dtype=bool) for n in sizes]
     if target == 0 or total == 0:
         return masks, target
