@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench clean
+.PHONY: install test test-all test-browser lint format demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)  ## fast suite (what CI runs)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-browser: $(STAMP)  ## the diagnose HTML page in headless Chromium (apt-get install chromium)
+	$(BIN)/python -m pytest -q -m browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -8,6 +8,8 @@ import typer
 
 from rejuv_cli import __version__
 from rejuv_cli.commands.common import EXIT_CODES_HELP
+from rejuv_cli.commands.diagnose import HELP as DIAGNOSE_HELP
+from rejuv_cli.commands.diagnose import diagnose_command
 from rejuv_cli.commands.fuse import HELP as FUSE_HELP
 from rejuv_cli.commands.fuse import fuse_command
 from rejuv_cli.commands.inspect import inspect_command
@@ -26,6 +28,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("fuse", help=FUSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(fuse_command)
+app.command("diagnose", help=DIAGNOSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(
+    diagnose_command
+)
 app.command("inspect", no_args_is_help=True)(inspect_command)
 app.command("recipes")(recipes_command)
 app.command("validate", no_args_is_help=True)(validate_command)

@@ -43,3 +43,7 @@ class OutputError(RejuvError):
 
 class NonFiniteError(RejuvError):
     """A tensor would be written with NaN or infinite values."""
+
+
+class CalibError(RejuvError):
+    """Calibration data is missing or malformed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -70,3 +71,37 @@ def print_json(data) -> None:
 
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def progress_bars(console, show: bool):
+    """Yields add(label, total, unit="bytes") -> advance(n) callback; bars on a terminal only.
+
+    unit "bytes" shows sizes and speed; any other unit (e.g. "batches") shows counts.
+    """
+    if not show:
+        yield lambda label, total, unit="bytes": lambda n: None
+        return
+    from rich.filesize import decimal
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[n]}"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:  # fmt: skip
+
+        def add(label: str, total: int, unit: str = "bytes"):
+            task = progress.add_task(label, total=total, n="")
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                t = progress.tasks[task]
+                done = int(t.completed)
+                if unit == "bytes":
+                    speed = f" {decimal(int(t.speed))}/s" if t.speed else ""
+                    text = f"{decimal(done)}/{decimal(int(total))}{speed}"
+                else:
+                    text = f"{done}/{total} {unit}"
+                progress.update(task, n=text)
+
+            return advance
+
+        yield add

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +18,7 @@ from rejuv_cli.commands.common import (
     QuietFlag,
     guarded,
     print_json,
+    progress_bars,
     stderr_console,
 )
 from rejuv_cli.errors import UsageError
@@ -306,7 +306,7 @@ def _save_mask_only(prepared, console, show: bool) -> dict:
     from rejuv_cli.surgery import pick_device
 
     device = pick_device(prepared.job.device)
-    with _progress(console, show) as progress:
+    with progress_bars(console, show) as progress:
         on_bytes = progress("scoring", _score_bytes(prepared))
         mask, _, seconds = select_reset(prepared, device, on_bytes)
     return reset_summary(prepared, mask, seconds)
@@ -318,7 +318,7 @@ fuse_command = guarded(fuse_command)
 def _run_with_progress(prepared, console, show: bool) -> dict:
     from rejuv_cli.pipeline import run_fuse
 
-    with _progress(console, show) as progress:
+    with progress_bars(console, show) as progress:
         on_score = progress("scoring", _score_bytes(prepared)) if prepared.resetting else None
         on_bytes = progress("fusing", prepared.plan.out_bytes)
         return run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score)
@@ -327,37 +327,6 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
 def _score_bytes(prepared) -> int:
     """BASE bytes the scoring pass reads (it reads as many from SFT)."""
     return sum(prepared.base.tensors[n].nbytes for n in prepared.layout.tensor_axes())
-
-
-@contextmanager
-def _progress(console, show: bool):
-    """Yields add(label, total) -> on_bytes callback; bars by bytes on a terminal only."""
-    if not show:
-        yield lambda label, total: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description:>8}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as progress:
-
-        def add(label: str, total: int):
-            task = progress.add_task(label, total=total)
-            return lambda n: progress.advance(task, n)
-
-        yield add
 
 
 def _command(base, sft, out, **options) -> str:

@@ -42,8 +42,9 @@ def module_kind(name: str) -> str:
 def pooled(group: list[DeltaMoments]) -> dict[str, float]:
     """Statistics of a group of tensors taken as one vector, from their pooled sums.
 
-    Exact for drift, cosine, msd, kurtosis and max|Δ|/std; `top_share` is the largest of the
-    members' own (the pooled top 0.1% would need every member's candidates at once).
+    Exact for drift, cosine, msd, kurtosis and max|Δ|/std. `top_share` of a group is the share
+    of its ‖Δ‖² held by each member's own top 0.1% (also exact; a top 0.1% over the pooled
+    entries would let the tensors with the largest scale take all of it).
     """
     total = DeltaMoments(sum(m.numel for m in group))
     for m in group:
@@ -51,7 +52,8 @@ def pooled(group: list[DeltaMoments]) -> dict[str, float]:
             setattr(total, f, getattr(total, f) + getattr(m, f))
         total.max_abs = max(total.max_abs, m.max_abs)
     out = total.result()
-    out["top_share"] = max((m.result()["top_share"] for m in group), default=0.0)
+    top_energy = sum(float(m.top.double().sum()) for m in group)
+    out["top_share"] = top_energy / total.sum_d2 if total.sum_d2 else 0.0
     return out
 
 
@@ -73,10 +75,13 @@ def weight_drift(
     scratch = Scratch(device).get
 
     moments: dict[str, DeltaMoments] = {}
+    matrices: set[str] = set()
     for tp in plan.tensors:
         if tp.base is None or tp.note:  # only in SFT, or not floating point
             continue
         shape = tp.sft.shape
+        if len(shape) >= 2:
+            matrices.add(tp.name)
         rows = tp.base_rows if tp.base_rows is not None else (shape[0] if shape else 1)
         m = moments[tp.name] = DeltaMoments(rows * row_length(shape))
         for start, stop, shared in row_chunks(shape, tp.base_rows, chunk):
@@ -88,10 +93,23 @@ def weight_drift(
             m.update(b, s, scratch("d", n), scratch("d2", n))
             if on_bytes is not None:
                 on_bytes(n * ITEMSIZE[tp.sft.dtype])
-    return summarize(moments)
+    return summarize(moments, matrices)
 
 
-def summarize(moments: dict[str, DeltaMoments]) -> dict:
+def spikiness(tensors: dict[str, dict], matrices: set[str]) -> float:
+    """Parameter-weighted mean of the matrices' own top-0.1% shares.
+
+    Each tensor's share is scale-free, so unlike the pooled share this is not dominated by
+    the few tensors with the largest Δ (norm vectors, embeddings); about 0.013 for a
+    Gaussian update of large matrices. Vectors are left out: their top 0.1% is one entry.
+    """
+    total = sum(tensors[n]["numel"] for n in matrices)
+    if not total:
+        return 0.0
+    return sum(tensors[n]["top_share"] * tensors[n]["numel"] for n in matrices) / total
+
+
+def summarize(moments: dict[str, DeltaMoments], matrices: set[str] = frozenset()) -> dict:
     layers: dict[int, list[DeltaMoments]] = {}
     cells: dict[tuple[int, str], list[DeltaMoments]] = {}
     for name, m in moments.items():
@@ -105,6 +123,60 @@ def summarize(moments: dict[str, DeltaMoments]) -> dict:
         "tensors": tensors,
         "layers": {str(k): pooled(v) for k, v in sorted(layers.items())},
         "layer_modules": {f"{k[0]}.{k[1]}": pooled(v) for k, v in sorted(cells.items())},
+        "spikiness": spikiness(tensors, matrices),
         "drift_max": max((t["rel_drift"] for t in tensors.values()), default=0.0),
         "drift_max_tensor": max(tensors, key=lambda n: tensors[n]["rel_drift"], default=None),
     }
+
+
+def unit_drift(layout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None) -> dict:
+    """Distribution of the per-unit drift score (the `drift` scorer's s_j) per module kind.
+
+    One more streaming pass over the unit tensors. Returns module -> count, mean and
+    percentiles p50 / p90 / p99 / max of s_j.
+    """
+    import numpy as np
+
+    from rejuv_cli.scoring import score_drift
+
+    scores = score_drift(layout, base, sft, device, on_bytes).scores
+    by_module: dict[str, list] = {}
+    for inst, s in zip(layout.instances, scores, strict=True):
+        by_module.setdefault(inst.module.name, []).append(s)
+    out = {}
+    for module, parts in by_module.items():
+        s = np.concatenate(parts)
+        p50, p90, p99 = np.percentile(s, [50, 90, 99])
+        out[module] = {"count": int(s.size), "mean": float(s.mean()), "p50": float(p50),
+                       "p90": float(p90), "p99": float(p99), "max": float(s.max())}  # fmt: skip
+    return out
+
+
+def delta_ranks(base: Checkpoint, sft: Checkpoint, plan: FusePlan, device) -> dict:
+    """Stable and effective rank of Δ for every 2-D tensor inside a layer (--rank).
+
+    Each matrix is materialised whole in float32 (memory: one layer matrix, twice) and its
+    singular values computed: seconds per large matrix on a CPU, so this is opt-in.
+    """
+    from rejuv_cli.ops.rank import effective_rank, stable_rank
+    from rejuv_cli.surgery import ChunkReader
+
+    reader = ChunkReader(base, sft, pin=False, digest=False)
+    tensors, kinds = {}, {}
+    for tp in plan.tensors:
+        shape = tp.sft.shape
+        if tp.base is None or tp.note or len(shape) != 2 or layer_of(tp.name) is None:
+            continue
+        n = shape[0] * shape[1]
+        b = reader.read("base", tp.base.name, 0, n).to(device, torch.float32, copy=True)
+        s = reader.read("sft", tp.name, 0, n).to(device, torch.float32, copy=True)
+        sv = torch.linalg.svdvals((s - b).view(shape))
+        ranks = {"stable_rank": stable_rank(sv), "effective_rank": effective_rank(sv),
+                 "max_rank": min(shape)}  # fmt: skip
+        tensors[tp.name] = ranks
+        kinds.setdefault(module_kind(tp.name), []).append(ranks)
+    modules = {
+        kind: {key: float(sum(r[key] for r in rs) / len(rs)) for key in rs[0]}
+        for kind, rs in kinds.items()
+    }
+    return {"tensors": tensors, "modules_mean": modules}

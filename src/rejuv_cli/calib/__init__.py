@@ -1,0 +1,1 @@
+"""Calibration data: built-in sets, the JSONL loader, tokenization with response masks."""

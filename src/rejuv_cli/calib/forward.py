@@ -1,0 +1,158 @@
+"""Forward passes on calibration data: model loading, teacher-forced batches, activation hooks.
+
+Shared by `rejuv diagnose` (output metrics, unit activity, sharpness) and the data-driven reset
+scorers. Models load with transformers on the chosen device: bfloat16 on CUDA, float32 on CPU
+(CPU bfloat16 matmuls are slow and lose precision for the statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rejuv_cli.errors import CheckpointError
+from rejuv_cli.ops.activity import ActivityStats
+from rejuv_cli.scoring import UnitLayout
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, attention_mask, response
+
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(path: Path, label: str, device: torch.device):
+    """A transformers causal LM from a local checkpoint directory, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    # transformers' own progress bars and notices would interleave with ours on stderr.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(device))
+    except Exception as e:  # transformers raises many types; all mean "cannot load this"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{label} {path}: transformers cannot load it for forward passes ({first}); "
+            "run with --weights-only for the weight-space report"
+        ) from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: Path, label: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{label} {path}: no usable tokenizer ({first}); the calibration data is tokenized "
+            "with the SFT model's tokenizer (or use --weights-only)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one module instance's unit activations appear: input channels
+    [offset, offset + n_units) of the output-side projection at `path` (down_proj, o_proj...)."""
+
+    key: str  # the unit layout's instance key, e.g. "layers.3.mlp"
+    layer: int
+    module: str  # "mlp", "o", "expert", "shared_expert"
+    path: str  # submodule name in the transformers model
+    offset: int
+    n_units: int
+
+
+def activation_sites(layout: UnitLayout) -> list[Site]:
+    """One site per module instance that has outgoing weights (o and MLP-like modules)."""
+    sites = []
+    for inst in layout.instances:
+        for name, sl, offset in inst.tensors:
+            if sl.out and name.endswith(".weight"):
+                path = name[: -len(".weight")]
+                sites.append(Site(inst.key, inst.layer, inst.module.name, path, offset,
+                                  inst.n_units))  # fmt: skip
+                break
+    return sites
+
+
+class ActivityRecorder:
+    """Forward pre-hooks that add each site's input activations (real tokens only) to its
+    ActivityStats. Sites whose module does not exist in the loaded model (fused MoE expert
+    weights in recent transformers) are listed in `missing`."""
+
+    def __init__(self, model, sites: list[Site], device: torch.device):
+        self.stats: dict[str, ActivityStats] = {}
+        self.missing: list[str] = []
+        self.token_mask: torch.Tensor | None = None  # [B, T] bool, set per batch
+        self._handles = []
+        modules = dict(model.named_modules())
+        for site in sites:
+            module = modules.get(site.path)
+            if module is None:
+                self.missing.append(site.key)
+                continue
+            self.stats[site.key] = ActivityStats.zeros(site.n_units, device)
+            self._handles.append(module.register_forward_pre_hook(self._hook(site)))
+
+    def _hook(self, site: Site):
+        stats = self.stats[site.key]
+
+        def hook(_module, args):
+            x = args[0]  # [B, T, D_in]
+            if self.token_mask is not None:
+                stats.update(x[self.token_mask][:, site.offset : site.offset + site.n_units])
+
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int | None = None):
+    """Teacher-forced logits at response positions.
+
+    Returns (logits [N, V] model dtype, targets [N] long): row n is the distribution predicted
+    for the n-th response token (from the position before it), in batch order. `vocab_limit`
+    keeps the first V' logits and drops positions whose target lies beyond them (models with
+    different vocabulary sizes are compared on the tokens they share).
+    """
+    ids, attn, resp = (t.to(device, non_blocking=True) for t in batch)
+    logits = model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
+    select = resp[:, 1:] & attn[:, 1:].bool()  # targets: response tokens 1..T-1
+    logits, targets = logits[:, :-1][select], ids[:, 1:][select]
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        keep = targets < vocab_limit
+        logits, targets = logits[keep, :vocab_limit], targets[keep]
+    return logits, targets
+
+
+def mean_nll(model, batches: list[Batch], device: torch.device, vocab_limit: int | None = None,
+             on_batch: Callable[[], None] | None = None) -> float:  # fmt: skip
+    """Mean −log p(target) over all response tokens of `batches` (float64 accumulation)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            logits, targets = response_logits(model, batch, device, vocab_limit)
+            nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            total += float(nll)
+            count += targets.numel()
+            if on_batch is not None:
+                on_batch()
+    return total / max(count, 1)
+
+
+def perturbable(model) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """Matrices (≥ 2-D float parameters) in name order: what random-direction sharpness
+    perturbs; norms and biases are left alone."""
+    for name, p in sorted(model.named_parameters()):
+        if p.dim() >= 2 and p.is_floating_point():
+            yield name, p

@@ -1,0 +1,185 @@
+"""`rejuv diagnose BASE SFT`: a plasticity report for an SFT checkpoint, usable as a CI gate."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rejuv_cli.commands.common import (
+    DeviceOption,
+    QuietFlag,
+    guarded,
+    progress_bars,
+    stderr_console,
+)
+from rejuv_cli.errors import UsageError
+
+HELP = """Measure how rigid an SFT checkpoint is before RL, and what a fuse changed.
+
+Weight space (streams both checkpoints, any size): drift, cosine, spikiness per tensor, layer
+and module, per-unit drift. Output space (forward passes on calibration data, teacher-forced
+on the responses): entropy, max-probability, over-confident share, KL to BASE; unit activity
+(dormant and saturated units) and random-direction sharpness. The verdict (rigid / watch / ok)
+is a heuristic with the reasons that fired; thresholds are in the README.
+
+The report goes to stderr; --json and --html write it for machines and people.
+
+Examples:
+
+  rejuv diagnose ./base ./sft
+
+  rejuv diagnose ./base ./sft --candidate ./sft-rejuv --html report.html
+
+  rejuv diagnose ./base ./sft --weights-only --json - --fail-on "weights.drift_max>0.5"
+
+  rejuv diagnose ./base ./sft --calib data.jsonl --json report.json \\
+      --fail-on "output.entropy_mean<0.18" --fail-on "verdict.label==rigid"
+"""
+
+NOT_MEASURED_WEIGHTS_ONLY = ("output", "units", "sharpness")
+
+
+def _opt(*names: str, **kw):
+    return typer.Option(*names, show_default=kw.pop("show_default", True), **kw)
+
+
+def diagnose_command(
+    base: Annotated[str, typer.Argument(metavar="BASE", show_default=False,
+                                        help="Base model: directory or Hub id[@revision].")],
+    sft: Annotated[str, typer.Argument(metavar="SFT", show_default=False,
+                                       help="SFT model: directory or Hub id[@revision].")],
+    candidate: Annotated[str | None, _opt(
+        "--candidate", "-c", show_default=False,
+        help="A rejuvenated checkpoint (e.g. rejuv fuse's output) to compare with SFT.")] = None,
+    calib: Annotated[str, _opt(
+        "--calib", help="Calibration data: builtin:math, builtin:tool_use or a JSONL file with "
+        '{"prompt", "response"} or {"messages": [...]} per line.')] = "builtin:math",
+    samples: Annotated[int, _opt("--samples", min=1, help="Calibration examples used.")] = 64,
+    max_tokens: Annotated[int, _opt(
+        "--max-tokens", min=8, help="Longest example, in tokens (longer ones are cut).")] = 512,
+    weights_only: Annotated[bool, _opt(
+        "--weights-only", help="Weight space only: no forward passes, memory bounded like fuse."
+    )] = False,
+    rank: Annotated[bool, _opt(
+        "--rank", help="Also stable and effective rank of Δ per layer matrix (SVD; slow)."
+    )] = False,
+    device: DeviceOption = "auto",
+    json_out: Annotated[str | None, _opt(
+        "--json", metavar="FILE|-", show_default=False,
+        help="Write the report as JSON to FILE, or to stdout with -.")] = None,
+    html_out: Annotated[Path | None, _opt(
+        "--html", metavar="FILE", show_default=False, dir_okay=False,
+        help="Write a self-contained HTML report with plots.")] = None,
+    fail_on: Annotated[list[str] | None, _opt(
+        "--fail-on", metavar="EXPR", show_default=False,
+        help='Exit 3 when EXPR holds, e.g. "output.entropy_mean<0.18" (repeatable; grammar in '
+        "the README).")] = None,
+    sharpness_draws: Annotated[int, _opt(
+        "--sharpness-draws", min=0, help="Random directions for sharpness; 0 skips it.")] = 3,
+    sharpness_sigma: Annotated[float, _opt(
+        "--sharpness-sigma", min=1e-6, max=1.0,
+        help="Noise per matrix, relative to its RMS.")] = 0.02,
+    batch_tokens: Annotated[int | None, _opt(
+        "--batch-tokens", min=64, show_default=False,
+        help="Tokens per forward batch, padding included [default: 4096 CPU, 8192 CUDA].")] = None,
+    quiet: QuietFlag = False,
+) -> None:  # fmt: skip
+    from rejuv_cli.diagnostics.run import DiagnoseJob, run_diagnose
+    from rejuv_cli.report.gates import describe, evaluate, parse_gate
+
+    gates = [parse_gate(text) for text in fail_on or []]
+    _check_gates(gates, weights_only, candidate)
+    _check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
+    _check_writable(html_out, "--html")
+    to_stdout = json_out == "-"
+    console = stderr_console(quiet)
+    job = DiagnoseJob(base, sft, candidate, calib, samples, max_tokens, weights_only, rank,
+                      device, batch_tokens, sharpness_draws, sharpness_sigma)  # fmt: skip
+    show = not (quiet or to_stdout) and sys.stderr.isatty()
+    with progress_bars(console, show) as progress:
+        report = run_diagnose(job, progress)
+
+    report = json_safe(report)
+    try:
+        results = evaluate(gates, report) if gates else []
+    except UsageError:
+        _write(report, json_out, html_out)  # the measurements are still worth keeping
+        raise
+    report["gates"] = [{"gate": r.gate.text, "actual": r.actual, "tripped": r.tripped}
+                       for r in results]  # fmt: skip
+    _write(report, json_out, html_out)
+    if not to_stdout:
+        from rejuv_cli.report.console import render_warnings
+        from rejuv_cli.report.diagnose_console import render_diagnose
+
+        render_warnings(console, report["warnings"])
+        render_diagnose(console, report)
+    err = stderr_console(False)  # gate results show even under --quiet: they decide the exit
+    for r in results:
+        err.print(f"rejuv: {describe(r)}")
+    tripped = [r for r in results if r.tripped]
+    if tripped:
+        err.print(f"rejuv: {len(tripped)} of {len(results)} --fail-on gate(s) tripped; exit 3")
+        raise typer.Exit(3)
+
+
+diagnose_command = guarded(diagnose_command)
+
+
+def _check_gates(gates, weights_only: bool, candidate: str | None) -> None:
+    """Refuse, before any work, gates that this run cannot evaluate."""
+    for g in gates:
+        head = g.path[0]
+        if weights_only and head in NOT_MEASURED_WEIGHTS_ONLY:
+            raise UsageError(f"--fail-on {g.text!r}: '{head}' is not measured with --weights-only")
+        if candidate is None and (head == "comparison" or "candidate" in g.path):
+            raise UsageError(f"--fail-on {g.text!r}: needs --candidate")
+
+
+def _check_writable(path: Path | None, flag: str) -> None:
+    """Fail before a long run, not after it, when a report file cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
+
+
+def json_safe(value):
+    """NaN and ±inf become null (JSON has no such numbers; null reads "not measured")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _write(report: dict, json_out: str | None, html_out: Path | None) -> None:
+    import json
+
+    from rejuv_cli.errors import OutputError
+
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False, default=str) + "\n"
+    if json_out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif json_out is not None:
+        _write_file(Path(json_out), text, "--json", OutputError)
+    if html_out is not None:
+        from rejuv_cli.report.html import render_html
+
+        _write_file(html_out, render_html(json_safe(report)), "--html", OutputError)
+
+
+def _write_file(path: Path, text: str, flag: str, error) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise error(f"{flag} {path}: cannot write ({e.strerror}); check the directory") from None

@@ -1,0 +1,110 @@
+"""The report sections that need forward passes: output, units and sharpness.
+
+Loads the calibration data (tokenized with the SFT model's tokenizer and chat template), then
+BASE, SFT and the candidate with transformers, all on the device at once (see output.py).
+"""
+
+from __future__ import annotations
+
+from rejuv_cli.calib.data import load_examples
+from rejuv_cli.calib.encode import batches as make_batches
+from rejuv_cli.calib.encode import encode, pad_id_of
+from rejuv_cli.calib.forward import activation_sites, load_model, load_tokenizer
+from rejuv_cli.diagnostics.output import (
+    calibration_pass,
+    entropy_edges,
+    output_summary,
+    units_summary,
+)
+from rejuv_cli.diagnostics.sharpness import sharpness
+from rejuv_cli.errors import CalibError
+
+
+def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
+    """Fill report["output"], ["units"], ["sharpness"] and the calibration inputs."""
+    from rejuv_cli.diagnostics.run import ACTIVITY_MODULES, BATCH_TOKENS
+
+    examples = load_examples(job.calib, job.samples)
+    if len(examples) < job.samples:
+        warnings.append(f"{job.calib} has {len(examples)} examples; --samples {job.samples} asked")
+    tokenizer = load_tokenizer(resolved["sft"].path, "SFT")
+    encoded, notes = encode(examples, tokenizer, job.max_tokens)
+    warnings.extend(notes)
+    if not encoded:
+        raise CalibError(f"{job.calib}: no example has a response token left to score")
+    budget = job.batch_tokens or BATCH_TOKENS[device.type]
+    batches = list(make_batches(encoded, budget, pad_id_of(tokenizer)))
+    report["inputs"] |= {
+        "samples": len(encoded),
+        "response_tokens": int(sum(sum(e.response) for e in encoded)),
+        "batches": len(batches),
+        "batch_tokens": budget,
+        "dtype": str(__import__("torch").bfloat16 if device.type == "cuda" else "float32"),
+    }
+
+    loaded = progress("loading", len(resolved), "models")
+    models = {}
+    for role, m in resolved.items():
+        models[role] = load_model(m.path, role.upper(), device)
+        loaded(1)
+    vocab = {role: m.get_output_embeddings().weight.shape[0] for role, m in models.items()}
+    shared_vocab = min(vocab.values())
+    if len(set(vocab.values())) > 1:
+        warnings.append(
+            f"vocabulary sizes differ ({', '.join(f'{r} {v}' for r, v in vocab.items())}): "
+            f"output metrics use the first {shared_vocab} tokens, renormalised, and skip "
+            "positions whose target is a newer token"
+        )
+    sites = []
+    if layout is not None:
+        sites = [s for s in activation_sites(layout) if s.module in ACTIVITY_MODULES]
+    n_models = len(models)
+    step = progress("forward", len(batches) * n_models, "model × batch passes")
+    records = calibration_pass(
+        models, batches, sites, device, on_batch=lambda: step(n_models), vocab_limit=shared_vocab
+    )
+    edges = entropy_edges(records)
+    output = output_summary(records["sft"], records["base"], edges)
+    output["base"] = output_summary(records["base"], None, edges)
+    units = units_summary(records["sft"], sites) if sites else None
+    if units is not None:
+        units["base"] = units_summary(records["base"], sites)
+        units["dormant_increase"] = units["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
+    if "candidate" in records:
+        output["candidate"] = output_summary(records["candidate"], records["base"], edges)
+        if units is not None:
+            cand = units["candidate"] = units_summary(records["candidate"], sites)
+            cand["dormant_increase"] = cand["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
+    report["output"], report["units"] = output, units
+
+    if job.sharpness_draws > 0:
+        draws = job.sharpness_draws
+        step = progress("sharpness", draws * len(batches) * len(models), "model × batch passes")
+        sharp = {}
+        for role, model in models.items():
+            loss = output["nll_mean"] if role == "sft" else output[role]["nll_mean"]
+            sharp[role] = sharpness(model, batches, device, loss=loss, draws=draws,
+                                    sigma_rel=job.sharpness_sigma, vocab_limit=shared_vocab,
+                                    on_batch=lambda: step(1))  # fmt: skip
+        report["sharpness"] = sharpness_section(sharp, job)
+
+
+def sharpness_section(sharp: dict, job) -> dict:
+    base = sharp["base"]["value"]
+
+    def ratio(role):
+        if role not in sharp or base <= 0:
+            return None
+        return sharp[role]["value"] / base
+
+    return {
+        "sft": sharp["sft"]["value"],
+        "base": base,
+        "ratio": ratio("sft"),
+        "candidate": sharp["candidate"]["value"] if "candidate" in sharp else None,
+        "candidate_ratio": ratio("candidate"),
+        "sigma_rel": job.sharpness_sigma,
+        "draws": job.sharpness_draws,
+        "seed": 0,
+        "per_model": sharp,
+    }

@@ -1,0 +1,151 @@
+"""Output-space and unit-activity diagnostics from teacher-forced passes (METHOD.md section 5).
+
+BASE, SFT and the candidate see each batch in turn (all loaded at once): the KL to BASE needs
+both full next-token distributions at the same positions, and keeping BASE's for the whole
+data set instead would cost tokens × vocabulary floats. Per response token we keep entropy,
+max-probability, NLL and KL; per unit, activation sums (see ops/activity.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rejuv_cli.calib.forward import ActivityRecorder, Batch, Site, response_logits
+from rejuv_cli.ops import activity as act
+from rejuv_cli.ops.tokens import CONFIDENT, kl_divergence, log_probs, token_stats
+
+HIST_BINS = 40
+BLOCK_ELEMENTS = 1 << 25  # rows × vocabulary per float32 temporary (128 MB)
+
+
+@dataclass
+class ModelRecord:
+    """Per-token arrays (response tokens in data order) and per-site activity of one model."""
+
+    entropy: list[np.ndarray] = field(default_factory=list)
+    p_max: list[np.ndarray] = field(default_factory=list)
+    nll: list[np.ndarray] = field(default_factory=list)
+    kl: list[np.ndarray] = field(default_factory=list)  # KL(model ‖ BASE); empty for BASE
+    activity: dict = field(default_factory=dict)  # site key -> ActivityStats
+    missing_sites: list[str] = field(default_factory=list)
+
+    def array(self, name: str) -> np.ndarray:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def calibration_pass(
+    models: dict[str, torch.nn.Module],
+    batches: list[Batch],
+    sites: list[Site],
+    device: torch.device,
+    on_batch: Callable[[], None] | None = None,
+    vocab_limit: int | None = None,
+) -> dict[str, ModelRecord]:
+    """Run every batch through every model ("base" first); KL is taken against "base".
+
+    `vocab_limit`: compare on the first V' tokens only (see `response_logits`).
+    """
+    records = {role: ModelRecord() for role in models}
+    recorders = {role: ActivityRecorder(m, sites, device) for role, m in models.items()}
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                base_logits = None
+                for role, model in models.items():
+                    recorders[role].token_mask = batch[1].to(device).bool()
+                    logits, targets = response_logits(model, batch, device, vocab_limit)
+                    if role == "base":
+                        base_logits = logits  # [N, V], kept for the others' KL
+                    _token_records(records[role], logits, targets,
+                                   None if role == "base" else base_logits)  # fmt: skip
+                    del logits
+                if on_batch is not None:
+                    on_batch()
+    finally:
+        for role, recorder in recorders.items():
+            recorder.close()
+            records[role].activity = recorder.stats
+            records[role].missing_sites = recorder.missing
+    return records
+
+
+def _token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
+    """Per-token statistics in blocks of rows, so float32 temporaries stay near
+    BLOCK_ELEMENTS elements whatever the batch size and vocabulary."""
+    rows = max(1, BLOCK_ELEMENTS // max(logits.shape[-1], 1))
+    for i in range(0, logits.shape[0], rows):
+        logp = log_probs(logits[i : i + rows])
+        stats = token_stats(logp, targets[i : i + rows])
+        for key in ("entropy", "p_max", "nll"):
+            getattr(rec, key).append(stats[key].double().cpu().numpy())
+        if base_logits is not None:
+            kl = kl_divergence(logp, log_probs(base_logits[i : i + rows]))
+            rec.kl.append(kl.double().cpu().numpy())
+
+
+def output_summary(rec: ModelRecord, base: ModelRecord | None, edges: np.ndarray) -> dict:
+    """JSON-ready token statistics of one model; `base` None for BASE itself."""
+    entropy = rec.array("entropy")
+    out = {
+        "entropy_mean": _mean(entropy),
+        "p_max_mean": _mean(rec.array("p_max")),
+        "confident_share": _mean(rec.array("p_max") > CONFIDENT),
+        "nll_mean": _mean(rec.array("nll")),
+        "tokens": int(entropy.size),
+        "entropy_hist": {
+            "edges": [float(e) for e in edges],
+            "counts": [int(c) for c in np.histogram(entropy, bins=edges)[0]],
+        },
+    }
+    if base is not None:
+        base_h = _mean(base.array("entropy"))
+        out["kl_mean"] = _mean(rec.array("kl"))
+        out["entropy_ratio"] = out["entropy_mean"] / base_h if base_h > 0 else None
+    return out
+
+
+def entropy_edges(records: dict[str, ModelRecord]) -> np.ndarray:
+    """Shared histogram bin edges: 0 to the largest entropy seen, HIST_BINS bins."""
+    top = max((float(r.array("entropy").max(initial=0.0)) for r in records.values()), default=0.0)
+    return np.linspace(0.0, max(top, 1e-6) * 1.0001, HIST_BINS + 1)
+
+
+def units_summary(rec: ModelRecord, sites: list[Site]) -> dict:
+    """Dormant fractions (ReDo) and saturated shares per layer × module and overall."""
+    layers, all_redo, all_sat = [], [], []
+    for site in sites:
+        stats = rec.activity.get(site.key)
+        if stats is None:
+            continue
+        redo = act.redo_scores(stats.mean_abs())
+        saturated = act.saturated_flags(redo, stats.cv())
+        all_redo.append(redo)
+        all_sat.append(saturated)
+        layers.append({
+            "layer": site.layer,
+            "module": site.module,
+            "key": site.key,
+            "units": int(redo.size),
+            "dormant": act.dormant_fractions(redo),
+            "saturated": float(saturated.mean()) if redo.size else 0.0,
+            "percentiles": act.percentiles(redo),
+        })  # fmt: skip
+    redo = np.concatenate(all_redo) if all_redo else np.zeros(0)
+    sat = np.concatenate(all_sat) if all_sat else np.zeros(0, dtype=bool)
+    return {
+        "taus": list(act.TAUS),
+        "dormant": act.dormant_fractions(redo),
+        "saturated": float(sat.mean()) if sat.size else 0.0,
+        "units": int(redo.size),
+        "layers": layers,
+        "not_measured": rec.missing_sites,
+    }
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(np.mean(x)) if np.size(x) else None  # None: JSON null, "not measured"

@@ -1,0 +1,85 @@
+"""The verdict: `rigid`, `watch` or `ok`, with the reasons that fired. Heuristics (ours).
+
+No single metric is a validated predictor of RL gain (METHOD.md section 5). The thresholds
+below come from the two published reference points we know of, plus simple multiples of what
+an unremarkable update looks like; they are a starting point for a CI gate, not a test of
+plasticity. Each rule reads one metric by its JSON path in the report.
+"""
+
+from __future__ import annotations
+
+import operator
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePath
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    level: str  # "rigid": fires the verdict on its own; "watch": a warning sign
+    metric: str  # JSON path in the report
+    op: str  # "<" or ">"
+    threshold: float
+    why: str  # completes "… {value} {op} {threshold}: {why}"
+
+
+RULES = (
+    Rule("low_entropy", "rigid", "output.entropy_mean", "<", 0.18,
+         "over-confident next-token distributions; arXiv 2606.18487 flags H < 0.18 nats as a "
+         "high RL risk (the Rejuvenation paper's over-trained checkpoint: 0.024)"),
+    Rule("entropy_collapse", "watch", "output.entropy_ratio", "<", 0.5,
+         "SFT kept less than half of BASE's mean entropy"),
+    Rule("overconfident", "watch", "output.confident_share", ">", 0.75,
+         "most response tokens are predicted with p_max > 0.99"),
+    Rule("spiky_drift", "watch", "weights.spikiness", ">", 0.10,
+         "the update of a typical matrix is concentrated in a few entries (a Gaussian update "
+         "puts ~1.3% of its energy in its top 0.1%)"),
+    Rule("large_drift", "watch", "weights.drift_max", ">", 0.5,
+         "some tensor moved by more than half its own norm"),
+    Rule("sharp", "watch", "sharpness.ratio", ">", 2.0,
+         "the calibration loss is more than twice as sensitive to random weight noise as BASE's"),
+    Rule("dormant_growth", "watch", "units.dormant_increase", ">", 0.05,
+         "over 5% more units became dormant (ReDo score <= 0.025) than in BASE"),
+)  # fmt: skip
+WATCH_FOR_RIGID = 3  # this many warning signs together also make a checkpoint rigid
+_OPS = {"<": operator.lt, ">": operator.gt}
+
+
+def judge(metrics: dict[str, float | None]) -> tuple[str, list[dict]]:
+    """Apply RULES to metric values by path (absent or None: not measured, rule skipped).
+
+    Returns (label, reasons): rigid if a rigid rule fired or WATCH_FOR_RIGID watch rules did,
+    watch if any fired, else ok.
+    """
+    reasons = []
+    for r in RULES:
+        value = metrics.get(r.metric)
+        if value is None or not _OPS[r.op](value, r.threshold):
+            continue
+        reasons.append({
+            "id": r.id, "level": r.level, "metric": r.metric, "value": value,
+            "threshold": r.threshold, "op": r.op,
+            "message": f"{r.metric} = {value:.4g} {r.op} {r.threshold:g}: {r.why}",
+        })  # fmt: skip
+    watch = sum(1 for x in reasons if x["level"] == "watch")
+    if any(x["level"] == "rigid" for x in reasons) or watch >= WATCH_FOR_RIGID:
+        return "rigid", reasons
+    return ("watch" if reasons else "ok"), reasons
+
+
+def suggested_command(label: str, base: str, sft: str) -> str | None:
+    """The `rejuv fuse` line to try next, then diagnose its output against the SFT."""
+    if label == "ok":
+        return None
+    out = _stem(sft) + "-rejuv"
+    fuse = ["rejuv", "fuse", base, sft, "--out", out]
+    # rigid: the paper's full recipe (α = 0.5, 1% reset); watch: a gentler pull toward BASE.
+    fuse += ["--recipe", "paper"] if label == "rigid" else ["--alpha", "0.7", "--reset", "0"]
+    check = ["rejuv", "diagnose", base, sft, "--candidate", out]
+    return f"{shlex.join(fuse)} && {shlex.join(check)}"
+
+
+def _stem(spec: str) -> str:
+    name = PurePath(spec.split("@", 1)[0].rstrip("/")).name
+    return name or "model"

@@ -1,0 +1,545 @@
+"""The self-contained HTML report (rejuv_cli.report.html): pure Python, no torch.
+
+`sample_report()` is also used by bench/check_html.py for the headless-browser check.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from rejuv_cli.report.html import fmt, render_html
+
+MODULES = ("q", "k", "v", "o", "mlp", "norm")
+LAYERS = 4
+EVIL = "model.layers.0.mlp.<script>alert(1)</script>.weight"
+SVG_IDS = ("drift-heatmap", "drift-heatmap-candidate", "entropy-histogram", "drift-layers")
+TENSOR_SUFFIX = {
+    "q": "self_attn.q_proj.weight",
+    "k": "self_attn.k_proj.weight",
+    "v": "self_attn.v_proj.weight",
+    "o": "self_attn.o_proj.weight",
+    "mlp": "mlp.up_proj.weight",
+    "norm": "input_layernorm.weight",
+}
+
+
+def _stats(rng: random.Random, drift: float) -> dict:
+    return {
+        "rel_drift": drift,
+        "cosine": 1 - drift**2 / 2,
+        "msd": drift**2 * 1e-4,
+        "kurtosis": 3 + rng.random() * 40,
+        "top_share": rng.random() * 0.05,
+        "max_over_std": 5 + rng.random() * 30,
+    }
+
+
+def _weights(seed: int, scale: float) -> dict:
+    rng = random.Random(seed)
+    layer_modules, tensors, layers = {}, {}, {}
+    for layer in range(LAYERS):
+        drifts = []
+        for j, m in enumerate(MODULES):
+            d = scale * (0.002 + 0.004 * layer + 0.003 * j + rng.random() * 0.002)
+            drifts.append(d)
+            layer_modules[f"{layer}.{m}"] = _stats(rng, d)
+            tensors[f"model.layers.{layer}.{TENSOR_SUFFIX[m]}"] = _stats(rng, d) | {
+                "numel": 4096 if m == "norm" else 4096 * 1024
+            }
+        layers[str(layer)] = _stats(rng, sum(drifts) / len(drifts))
+    tensors["model.embed_tokens.weight"] = _stats(rng, scale * 0.001) | {"numel": 32000 * 4096}
+    tensors[EVIL] = _stats(rng, scale * 0.5) | {"numel": 7}
+    top = max(tensors, key=lambda n: tensors[n]["rel_drift"])
+    return {
+        "overall": _stats(rng, scale * 0.012),
+        "drift_max": tensors[top]["rel_drift"],
+        "drift_max_tensor": top,
+        "layers": layers,
+        "layer_modules": layer_modules,
+        "tensors": tensors,
+        "units": {
+            "mlp": {"count": 11008 * LAYERS, "p50": 0.01, "p90": 0.03, "p99": 0.08, "max": 0.4},
+            "q": {"count": 4096 * LAYERS, "p50": 0.008, "p90": 0.02, "p99": 0.05, "max": 0.2},
+        },
+    }
+
+
+def _hist(seed: int, peak: float, tokens: int) -> dict:
+    """Entropy histogram with 30 bins over [0, 6] nats, mass around `peak`."""
+    rng = random.Random(seed)
+    edges = [i * 0.2 for i in range(31)]
+    weights = [math.exp(-(((e + 0.1) - peak) ** 2) / 0.8) + 0.02 * rng.random() for e in edges[:-1]]
+    total = sum(weights)
+    return {"edges": edges, "counts": [round(tokens * w / total) for w in weights]}
+
+
+def _units(seed: int, dormant: float) -> dict:
+    rng = random.Random(seed)
+    taus = [0.01, 0.025, 0.1]
+    rows = [
+        {
+            "layer": layer,
+            "module": m,
+            "units": 11008 if m == "mlp" else 4096,
+            "dormant": {str(t): dormant * (1 + 10 * t) * (1 + rng.random()) for t in taus},
+            "saturated": rng.random() * 0.01,
+            "percentiles": {"p1": 0.001, "p5": 0.01, "p50": 0.3, "p95": 1.9, "p99": 3.1},
+        }
+        for layer in range(LAYERS)
+        for m in ("mlp", "attn")
+    ]
+    return {
+        "taus": taus,
+        "dormant": {str(t): dormant * (1 + 10 * t) for t in taus},
+        "saturated": 0.004,
+        "layers": rows,
+    }
+
+
+def sample_report(candidate: bool = True, weights_only: bool = False) -> dict:
+    """A realistic schema-1 report: 4 layers × (q, k, v, o, mlp, norm)."""
+    weights = _weights(1, 1.0)
+    report = {
+        "schema_version": 1,
+        "tool": "rejuv 0.1.0",
+        "inputs": {
+            "base": "/models/Qwen2.5-Math-7B",
+            "sft": "/runs/sft-<v2>&final",
+            "candidate": "/runs/fused-a0.5" if candidate else None,
+            "calib": None if weights_only else "builtin:math",
+            "samples": None if weights_only else 64,
+            "max_tokens": None if weights_only else 512,
+            "device": "cpu",
+            "weights_only": weights_only,
+        },
+        "verdict": {
+            "label": "rigid",
+            "heuristic": True,
+            "reasons": [
+                {
+                    "id": "low_entropy",
+                    "level": "rigid",
+                    "metric": "output.entropy_mean",
+                    "value": 0.02,
+                    "threshold": 0.18,
+                    "message": "mean token entropy 0.02 nats < 0.18: near-deterministic",
+                },
+                {
+                    "id": "dormant_units",
+                    "level": "watch",
+                    "metric": "units.dormant.0.025",
+                    "value": 0.071,
+                    "threshold": 0.05,
+                    "message": "7.1% of MLP units dormant at τ=0.025",
+                },
+            ],
+            "suggested_command": "rejuv fuse /models/Qwen2.5-Math-7B '/runs/sft-<v2>&final' "
+            "--out fused --recipe paper",
+            "candidate": None,
+        },
+        "weights": weights,
+        "output": {
+            "entropy_mean": 0.31,
+            "p_max_mean": 0.93,
+            "confident_share": 0.88,
+            "nll_mean": 0.41,
+            "kl_mean": 0.77,
+            "entropy_ratio": 0.29,
+            "tokens": 30000,
+            "entropy_hist": _hist(2, 0.3, 30000),
+            "base": {
+                "entropy_mean": 1.07,
+                "p_max_mean": 0.71,
+                "confident_share": 0.52,
+                "nll_mean": 0.93,
+                "tokens": 30000,
+                "entropy_hist": _hist(3, 1.6, 30000),
+            },
+        },
+        "units": _units(4, 0.02) | {"base": _units(5, 0.005)},
+        "sharpness": {
+            "sft": 0.118,
+            "base": 0.041,
+            "ratio": 2.878,
+            "candidate": None,
+            "candidate_ratio": None,
+            "sigma_rel": 0.01,
+            "draws": 8,
+            "seed": 0,
+        },
+        "comparison": None,
+    }
+    if candidate:
+        cand_w = _weights(6, 0.5)
+        del cand_w["units"]
+        report["weights"]["candidate"] = cand_w
+        report["output"]["candidate"] = {
+            "entropy_mean": 0.62,
+            "p_max_mean": 0.85,
+            "confident_share": 0.74,
+            "nll_mean": 0.45,
+            "kl_mean": 0.35,
+            "entropy_ratio": 0.58,
+            "tokens": 30000,
+            "entropy_hist": _hist(7, 0.8, 30000),
+        }
+        report["units"]["candidate"] = _units(8, 0.01)
+        report["sharpness"] |= {"candidate": 0.07, "candidate_ratio": 1.707}
+        report["verdict"]["candidate"] = {
+            "label": "watch",
+            "reasons": [
+                {
+                    "id": "entropy_ratio",
+                    "level": "watch",
+                    "metric": "output.entropy_ratio",
+                    "value": 0.58,
+                    "threshold": 0.6,
+                    "message": "entropy still below 0.6× base",
+                }
+            ],
+            "suggested_command": None,
+        }
+        report["comparison"] = [
+            {
+                "metric": "output.entropy_mean",
+                "label": "entropy (nats)",
+                "sft": 0.31,
+                "candidate": 0.62,
+                "better": "higher",
+                "improved": True,
+            },
+            {
+                "metric": "output.nll_mean",
+                "label": "NLL (nats)",
+                "sft": 0.41,
+                "candidate": 0.45,
+                "better": "lower",
+                "improved": False,
+            },
+        ]
+    if weights_only:
+        report |= {"output": None, "units": None, "sharpness": None, "comparison": None}
+        report["verdict"] = {
+            "label": "ok",
+            "heuristic": True,
+            "reasons": [],
+            "suggested_command": None,
+            "candidate": None,
+        }
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# a small DOM: balanced-tag checking plus the svg elements we assert on
+
+VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "wbr", "source"}
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict, parent: Node | None):
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Node] = []
+        self.text = ""
+
+    def iter(self, tag: str | None = None):
+        for c in self.children:
+            if tag is None or c.tag == tag:
+                yield c
+            yield from c.iter(tag)
+
+    def all_text(self) -> str:
+        return self.text + "".join(c.all_text() for c in self.children)
+
+
+class Dom(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {}, None)
+        self.cur = self.root
+        self.errors: list[str] = []
+        self.feed(text)
+        self.close()
+        if self.cur is not self.root:
+            self.errors.append(f"unclosed <{self.cur.tag}>")
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, dict(attrs), self.cur)
+        self.cur.children.append(node)
+        if tag not in VOID:
+            self.cur = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.cur.children.append(Node(tag, dict(attrs), self.cur))
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if self.cur.tag != tag:
+            self.errors.append(f"</{tag}> closes <{self.cur.tag}>")
+            return
+        self.cur = self.cur.parent
+
+    def handle_data(self, data):
+        self.cur.text += data
+
+    def by_id(self, id_: str) -> Node:
+        found = [n for n in self.root.iter() if n.attrs.get("id") == id_]
+        assert len(found) == 1, (id_, len(found))
+        return found[0]
+
+    def svg_ids(self) -> list[str]:
+        return [n.attrs.get("id") for n in self.root.iter("svg")]
+
+
+def parse(report: dict) -> tuple[str, Dom]:
+    page = render_html(report)
+    dom = Dom(page)
+    assert not dom.errors, dom.errors[:5]
+    return page, dom
+
+
+def rgb(fill: str) -> tuple[int, int, int]:
+    m = re.fullmatch(r"rgb\((\d+),(\d+),(\d+)\)", fill)
+    assert m, fill
+    return tuple(int(x) for x in m.groups())
+
+
+def luminance(c: tuple[int, int, int]) -> float:
+    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+
+
+@pytest.fixture
+def report():
+    return sample_report(candidate=True)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_full_page_has_all_plots_in_order(report):
+    page, dom = parse(report)
+    assert dom.svg_ids() == [
+        "entropy-histogram",
+        "drift-heatmap",
+        "drift-heatmap-candidate",
+        "drift-layers",
+    ]
+    assert page.startswith("<!DOCTYPE html>")
+    text = dom.root.all_text()
+    order = [
+        "rejuv diagnose",
+        "Verdict",
+        "Before / after",
+        "Output space",
+        "Weight space",
+        "Unit activity",
+        "Sharpness",
+        "Verdicts are heuristics: no single metric",
+    ]
+    positions = [text.index(s) for s in order]
+    assert positions == sorted(positions)
+    assert "rejuv 0.1.0" in text and "builtin:math" in text and "/models/Qwen2.5-Math-7B" in text
+
+
+def test_without_candidate_has_one_heatmap(report):
+    _, dom = parse(sample_report(candidate=False))
+    assert dom.svg_ids() == ["entropy-histogram", "drift-heatmap", "drift-layers"]
+    assert "Before / after" not in dom.root.all_text()
+
+
+def test_weights_only_page(report):
+    page, dom = parse(sample_report(candidate=False, weights_only=True))
+    assert dom.svg_ids() == ["drift-heatmap", "drift-layers"]
+    assert "not measured (--weights-only)" in page
+    text = dom.root.all_text()
+    assert "Unit activity" not in text and "Sharpness" not in text
+    label = next(n for n in dom.root.iter("span") if "verdict-label" in n.attrs.get("class", ""))
+    assert label.attrs["data-label"] == "ok"
+
+
+def test_heatmap_cells_and_tooltips(report):
+    _, dom = parse(report)
+    for svg_id, w in (
+        ("drift-heatmap", report["weights"]),
+        ("drift-heatmap-candidate", report["weights"]["candidate"]),
+    ):
+        cells = [n for n in dom.by_id(svg_id).iter("rect") if n.attrs.get("class") == "cell"]
+        assert len(cells) == LAYERS * len(MODULES) == len(w["layer_modules"])
+        seen = set()
+        for c in cells:
+            layer, module = c.attrs["data-layer"], c.attrs["data-module"]
+            seen.add((layer, module))
+            drift = w["layer_modules"][f"{layer}.{module}"]["rel_drift"]
+            (title,) = list(c.iter("title"))
+            assert title.text == f"layer {layer} · module {module} · rel_drift {fmt(drift)}"
+        assert seen == {(str(la), m) for la in range(LAYERS) for m in MODULES}
+    # columns in canonical order, rows in numeric layer order
+    cells = [n for n in dom.by_id("drift-heatmap").iter("rect") if n.attrs.get("class") == "cell"]
+    first_row = sorted(
+        (float(c.attrs["x"]), c.attrs["data-module"]) for c in cells if c.attrs["data-layer"] == "0"
+    )
+    assert [m for _, m in first_row] == list(MODULES)
+    ys = {c.attrs["data-layer"]: float(c.attrs["y"]) for c in cells}
+    assert [ys[str(la)] for la in range(LAYERS)] == sorted(ys.values())
+
+
+def test_heatmap_colour_is_monotone_and_shared(report):
+    _, dom = parse(report)
+    pairs = []
+    for svg_id, w in (
+        ("drift-heatmap", report["weights"]),
+        ("drift-heatmap-candidate", report["weights"]["candidate"]),
+    ):
+        for c in dom.by_id(svg_id).iter("rect"):
+            if c.attrs.get("class") == "cell":
+                key = f"{c.attrs['data-layer']}.{c.attrs['data-module']}"
+                pairs.append((w["layer_modules"][key]["rel_drift"], rgb(c.attrs["fill"])))
+    pairs.sort()
+    lum = [luminance(c) for _, c in pairs]
+    # one scale over both maps: higher drift never lighter, and the extremes differ clearly
+    assert all(a >= b - 1e-9 for a, b in zip(lum, lum[1:], strict=False))
+    assert lum[0] - lum[-1] > 100
+    lo, hi = pairs[0][1], pairs[-1][1]
+    assert hi[0] - hi[2] > lo[0] - lo[2] - 1e-9 or hi[1] < lo[1]  # toward red, darker
+    # the legend shows the shared min and max
+    svg = dom.by_id("drift-heatmap-candidate")
+    texts = {n.attrs.get("class"): n.text for n in svg.iter("text") if n.attrs.get("class")}
+    assert texts["legend-min"] == fmt(pairs[0][0]) and texts["legend-max"] == fmt(pairs[-1][0])
+
+
+def test_histogram_bars_proportional_to_counts(report):
+    _, dom = parse(report)
+    bars = [n for n in dom.by_id("entropy-histogram").iter("rect") if n.attrs.get("class") == "bar"]
+    hists = {
+        "base": report["output"]["base"]["entropy_hist"],
+        "sft": report["output"]["entropy_hist"],
+        "candidate": report["output"]["candidate"]["entropy_hist"],
+    }
+    assert {b.attrs["data-series"] for b in bars} == set(hists)
+    for name, h in hists.items():
+        mine = sorted(
+            (b for b in bars if b.attrs["data-series"] == name),
+            key=lambda b: int(b.attrs["data-index"]),
+        )
+        assert len(mine) == len(h["counts"])
+        total = sum(h["counts"])
+        heights = [float(b.attrs["height"]) for b in mine]
+        k = max(heights) / (max(h["counts"]) / total)
+        for b, hgt, count in zip(mine, heights, h["counts"], strict=True):
+            assert hgt == pytest.approx(k * count / total, abs=2e-3)
+            # bars stand on a common baseline
+            assert float(b.attrs["y"]) + hgt == pytest.approx(
+                float(mine[0].attrs["y"]) + heights[0], abs=2e-3
+            )
+
+    # the sft histogram peaks at lower entropy than the base one
+    def argmax(series):
+        ms = [b for b in bars if b.attrs["data-series"] == series]
+        return int(max(ms, key=lambda b: float(b.attrs["height"])).attrs["data-index"])
+
+    assert argmax("sft") < argmax("base")
+    text = dom.by_id("entropy-histogram").all_text()
+    assert "entropy (nats)" in text and "share of tokens" in text
+    for name in hists:  # legend
+        assert name in text
+
+
+def test_layer_bars(report):
+    _, dom = parse(report)
+    bars = [n for n in dom.by_id("drift-layers").iter("rect") if n.attrs.get("class") == "bar"]
+    sft = sorted(
+        (b for b in bars if b.attrs["data-series"] == "sft"),
+        key=lambda b: int(b.attrs["data-index"]),
+    )
+    drifts = [report["weights"]["layers"][str(i)]["rel_drift"] for i in range(LAYERS)]
+    heights = [float(b.attrs["height"]) for b in sft]
+    assert len(sft) == LAYERS
+    for h, d in zip(heights, drifts, strict=True):
+        assert h / heights[-1] == pytest.approx(d / drifts[-1], rel=1e-3)
+    assert len(bars) == 2 * LAYERS  # with the candidate's
+
+
+def test_no_external_references_or_scripts(report):
+    for r in (report, sample_report(False), sample_report(False, True)):
+        page, dom = parse(r)
+        lower = page.lower()
+        for bad in ("http://", "https://", "src=", "<script", "@import", "url(http", "//cdn"):
+            assert bad not in lower, bad
+        hrefs = [n.attrs.get("href") for n in dom.root.iter() if "href" in n.attrs]
+        assert all(h.startswith("#") for h in hrefs), hrefs
+
+
+def test_strings_escaped(report):
+    page, dom = parse(report)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "/runs/sft-&lt;v2&gt;&amp;final" in page
+    names = [n.text for n in dom.root.iter("td") if "name" in n.attrs.get("class", "")]
+    assert EVIL in names and names[0] == EVIL  # the largest drift comes first
+    assert len(names) == 20
+
+
+def test_tables(report):
+    _, dom = parse(report)
+    text = dom.root.all_text()
+    reasons = [n for n in dom.root.iter("table") if "reasons" in n.attrs.get("class", "")]
+    assert len(reasons) == 2  # sft and candidate
+    assert "low_entropy" in reasons[0].all_text() and "0.18" in reasons[0].all_text()
+    assert "entropy_ratio" in reasons[1].all_text()
+    assert "rejuv fuse /models/Qwen2.5-Math-7B" in next(dom.root.iter("pre")).text
+    labels = [n.attrs["data-label"] for n in dom.root.iter("span") if "data-label" in n.attrs]
+    assert labels == ["rigid", "watch"]
+    comparison = next(n for n in dom.root.iter("table") if "comparison" in n.attrs.get("class", ""))
+    assert "improved" in comparison.all_text() and "worse" in comparison.all_text()
+    output = next(n for n in dom.root.iter("table") if "output" in n.attrs.get("class", ""))
+    rows = [r.all_text() for r in output.iter("tr")][1:]
+    assert [r.split("0")[0].strip() for r in rows][0].startswith("base")
+    assert len(rows) == 3 and rows[1].startswith("sft") and rows[2].startswith("candidate")
+    units = next(n for n in dom.root.iter("table") if "units-layers" in n.attrs.get("class", ""))
+    assert len(list(units.iter("tr"))) == 1 + 2 * LAYERS
+    assert "dormant τ=0.025" in text and "2.878" in text
+
+
+def test_missing_optional_parts_degrade_gracefully(report):
+    r = copy.deepcopy(report)
+    r["output"]["entropy_hist"] = None
+    r["output"]["base"]["entropy_mean"] = float("nan")
+    r["weights"]["layers"]["1"]["rel_drift"] = None
+    r["weights"]["layer_modules"]["2.q"]["rel_drift"] = float("nan")
+    del r["weights"]["units"], r["inputs"]["max_tokens"], r["tool"]
+    r["verdict"]["suggested_command"] = None
+    _, dom = parse(r)
+    assert "entropy-histogram" in dom.svg_ids()  # base and candidate still drawn
+    assert "–" in dom.root.all_text()
+    minimal = {
+        "schema_version": 1,
+        "inputs": {"base": "b", "sft": "s"},
+        "verdict": None,
+        "weights": None,
+        "output": None,
+    }
+    _, dom = parse(minimal)
+    assert dom.svg_ids() == []
+
+
+def test_fmt():
+    assert fmt(None) == "–" and fmt(float("nan")) == "–"
+    assert fmt(0.123456) == "0.1235" and fmt(12345.678) == "1.235e+04" and fmt(64) == "64"
+    assert fmt(3_000_000) == "3,000,000" and fmt(True) == "yes" and fmt("<a>") == "&lt;a&gt;"
+
+
+def test_no_heavy_imports():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rejuv_cli.report.html as h; h.render_html({}); "
+        "print(sorted(m for m in ('torch', 'numpy', 'rich', 'typer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
