@@ -65,7 +65,8 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         "fuse:\n  alpha: -0.1\n  beta: 3\n  rules:\n    - match: ''\n      alpha: 0.5\n"
         "    - {match: '*.mlp.*'}\n    - 7\noutput:\n  shard_size: huge\ncolour: red\n"
         "reset:\n  fraction: 1.5\n  mode: wild\n  select: magic\n  modules: [q, gate, ffn]\n"
-        "  max_per_module: 0\n  seed: -1\n  omega: yes\n  frac: 0.1\n"
+        "  max_per_module: 0\n  seed: -1\n  omega: yes\n  frac: 0.1\n  samples: 0\n"
+        "  calib: ''\n"
     )
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
@@ -73,8 +74,8 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
     assert lines == [
         f"{p}: colour: unknown key (allowed: description, fuse, output, reset)",
         f"{p}: fuse.beta: unknown key (allowed: alpha, rules)",
-        f"{p}: reset.frac: unknown key (allowed: fraction, max_per_module, mode, modules, "
-        "noise, omega, protect, seed, select)",
+        f"{p}: reset.frac: unknown key (allowed: calib, fraction, max_per_module, max_tokens, "
+        "mode, modules, noise, omega, protect, samples, seed, select)",
         f"{p}: fuse.alpha: must be between 0 and 1 (got -0.1)",
         f"{p}: fuse.rules[0].match: must be a non-empty glob string, e.g. '*.mlp.*'",
         f"{p}: fuse.rules[1].alpha: is required",
@@ -82,9 +83,11 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         f"{p}: reset.fraction: must be >= 0.0 and <= 0.5 (got 1.5)",
         f"{p}: reset.max_per_module: must be > 0.0 and <= 1.0 (got 0)",
         f"{p}: reset.omega: must be a number (got True)",
-        f"{p}: reset.seed: must be a non-negative integer (got -1)",
+        f"{p}: reset.seed: must be an integer >= 0 (got -1)",
+        f"{p}: reset.samples: must be an integer >= 1 (got 0)",
+        f"{p}: reset.calib: must be builtin:NAME or a JSONL path (got '')",
         f"{p}: reset.mode: must be one of base, shrink-perturb, reinit (got 'wild')",
-        f"{p}: reset.select: must be one of drift (got 'magic')",
+        f"{p}: reset.select: must be one of attribution, dormant, drift, saturated (got 'magic')",
         f"{p}: reset.modules: unknown module 'ffn' (choose from q, k, v, o, mlp, gate, up, "
         "down, expert, shared_expert)",
         f"{p}: output.shard_size: not a size: 'huge' (use e.g. 5GB, 500MB, 2GiB)",

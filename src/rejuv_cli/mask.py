@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class ResetMask:
     meta: dict[str, str]
     target: int = 0  # units asked for (fraction of all units); caps may leave it unmet
     protected: int = 0  # units excluded as largest-base-norm
+    info: dict = field(default_factory=dict)  # the scorer's report (data scorers), not saved
 
     @property
     def count(self) -> int:

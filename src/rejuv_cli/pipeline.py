@@ -112,11 +112,16 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
     if p.job.mask_in is not None:
         mask = load_mask(p.job.mask_in, layout)
     else:
-        scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes)
+        scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes, settings)
         inputs = {"base": p.job.base, "sft": p.job.sft}
         inputs |= {f"{k}_commit": m.commit for k, m in
                    (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip
+        if settings.select != "drift":
+            inputs |= {"calib": settings.calib, "samples": str(settings.samples),
+                       "max_tokens": str(settings.max_tokens)}  # fmt: skip
         mask = select_mask(layout, scores, settings, inputs)
+        mask.info = {k: v for k, v in scores.info.items() if k != "warnings"}
+        p.plan.warnings.extend(scores.info.get("warnings", []))
     if p.job.mask_out is not None:
         save_mask(mask, p.job.mask_out)
     moments = None
@@ -150,6 +155,8 @@ def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict 
         info["mask_metadata"] = dict(sorted(mask.meta.items()))
     if p.job.mask_out is not None:
         info["mask_saved"] = str(p.job.mask_out)
+    if mask.info:
+        info["scorer"] = mask.info
     if seconds is not None:
         info["seconds"] = round(seconds, 3)
     return info

@@ -54,6 +54,10 @@ class ResetSettings:
     omega: float = 1.0
     noise: float = 0.01
     seed: int = 0
+    # calibration data for the data-driven scorers (dormant, saturated, attribution)
+    calib: str = "builtin:math"
+    samples: int = 128
+    max_tokens: int = 1024
     explicit: bool = False  # asked for by a flag or a recipe (an unmapped model is then an error)
 
     def to_json(self) -> dict:
@@ -221,12 +225,19 @@ def _reset(section: dict, err) -> ResetSettings:
     number("protect", 0.0, 0.5)
     number("omega", 0.0, 1.0)
     number("noise", 0.0, 10.0)
-    if "seed" in section:
-        seed = section["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            err("reset.seed", f"must be a non-negative integer (got {seed!r})")
+    for key, lo in (("seed", 0), ("samples", 1), ("max_tokens", 8)):
+        if key in section:
+            v = section[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                err(f"reset.{key}", f"must be an integer >= {lo} (got {v!r})")
+            else:
+                values[key] = v
+    if "calib" in section:
+        calib = section["calib"]
+        if not isinstance(calib, str) or not calib.strip():
+            err("reset.calib", f"must be builtin:NAME or a JSONL path (got {calib!r})")
         else:
-            values["seed"] = seed
+            values["calib"] = calib
     if "mode" in section:
         if section["mode"] in RESET_MODES:
             values["mode"] = section["mode"]

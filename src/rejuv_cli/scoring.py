@@ -202,6 +202,7 @@ class UnitScores:
     base_norm_sq: list[np.ndarray]
     norms: dict[str, TensorNorms]
     seconds: float = 0.0
+    info: dict = field(default_factory=dict)  # what a data scorer used and found, for reports
 
 
 def gather(layout: UnitLayout, norms: dict[str, TensorNorms], which: str) -> list[tuple]:
@@ -219,7 +220,9 @@ def gather(layout: UnitLayout, norms: dict[str, TensorNorms], which: str) -> lis
     return out
 
 
-def score_drift(layout: UnitLayout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None):
+def score_drift(
+    layout: UnitLayout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None, settings=None
+):
     """The weights-only `drift` scorer (METHOD.md section 3): one pass over both checkpoints."""
     from rejuv_cli.ops.reset import drift_scores
 
@@ -232,5 +235,22 @@ def score_drift(layout: UnitLayout, base: Checkpoint, sft: Checkpoint, device, o
     return UnitScores(scores, base_norm_sq, norms, time.perf_counter() - t0)
 
 
-# name -> scorer(layout, base, sft, device, on_bytes) -> UnitScores
-SCORERS = {"drift": score_drift}
+def _lazy(name: str):
+    # The data scorers import transformers; load them only when chosen.
+    def scorer(*args, **kwargs):
+        from rejuv_cli.calib import scorers
+
+        return getattr(scorers, f"score_{name}")(*args, **kwargs)
+
+    scorer.__name__ = f"score_{name}"
+    return scorer
+
+
+# name -> scorer(layout, base, sft, device, on_bytes, settings) -> UnitScores
+SCORERS = {
+    "drift": score_drift,
+    "dormant": _lazy("dormant"),
+    "saturated": _lazy("saturated"),
+    "attribution": _lazy("attribution"),
+}
+DATA_SCORERS = ("dormant", "saturated", "attribution")  # need --calib data and forward passes

@@ -32,15 +32,18 @@ def load_model(path: Path, label: str, device: torch.device):
     # transformers' own progress bars and notices would interleave with ours on stderr.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # On CUDA, accelerate's device_map="auto" fills the GPU first and keeps what does not fit
+    # in host memory, so a model larger than the GPU still runs (slower). On CPU: plain load.
+    kwargs = {"device_map": "auto"} if device.type == "cuda" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(device))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(device), **kwargs)
     except Exception as e:  # transformers raises many types; all mean "cannot load this"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{label} {path}: transformers cannot load it for forward passes ({first}); "
             "run with --weights-only for the weight-space report"
         ) from None
-    return model.to(device).eval()
+    return (model if kwargs else model.to(device)).eval()
 
 
 def load_tokenizer(path: Path, label: str):
@@ -58,34 +61,40 @@ def load_tokenizer(path: Path, label: str):
 
 @dataclass(frozen=True)
 class Site:
-    """Where one module instance's unit activations appear: input channels
-    [offset, offset + n_units) of the output-side projection at `path` (down_proj, o_proj...)."""
+    """Where one module instance's unit activations appear in the transformers model.
+
+    `where` "input": input channels [offset, offset + n_units) of the output-side projection
+    at `path` (the units of o and MLP modules: o_proj / down_proj inputs, i.e. attention
+    channels and act(gate)·up). `where` "output": output channels of the input-side projection
+    at `path` (q/k/v rows, before rotary embeddings; fused qkv at the part's offset).
+    """
 
     key: str  # the unit layout's instance key, e.g. "layers.3.mlp"
     layer: int
-    module: str  # "mlp", "o", "expert", "shared_expert"
+    module: str  # "q", "k", "v", "o", "mlp", "expert", "shared_expert"
     path: str  # submodule name in the transformers model
     offset: int
     n_units: int
+    where: str = "input"
 
 
 def activation_sites(layout: UnitLayout) -> list[Site]:
-    """One site per module instance that has outgoing weights (o and MLP-like modules)."""
+    """One site per module instance: the outgoing projection's input when the module has one
+    (o, MLP-like), else its first weight's output channels (q, k, v)."""
     sites = []
     for inst in layout.instances:
-        for name, sl, offset in inst.tensors:
-            if sl.out and name.endswith(".weight"):
-                path = name[: -len(".weight")]
-                sites.append(Site(inst.key, inst.layer, inst.module.name, path, offset,
-                                  inst.n_units))  # fmt: skip
-                break
+        weights = [(n, sl, off) for n, sl, off in inst.tensors if n.endswith(".weight")]
+        outgoing = [w for w in weights if w[1].out]
+        name, _, offset = (outgoing or weights)[0]
+        sites.append(Site(inst.key, inst.layer, inst.module.name, name[: -len(".weight")],
+                          offset, inst.n_units, "input" if outgoing else "output"))  # fmt: skip
     return sites
 
 
 class ActivityRecorder:
-    """Forward pre-hooks that add each site's input activations (real tokens only) to its
-    ActivityStats. Sites whose module does not exist in the loaded model (fused MoE expert
-    weights in recent transformers) are listed in `missing`."""
+    """Hooks that add each site's activations (real tokens only) to its ActivityStats. Sites
+    whose module does not exist in the loaded model (fused MoE expert weights in recent
+    transformers) are listed in `missing`."""
 
     def __init__(self, model, sites: list[Site], device: torch.device):
         self.stats: dict[str, ActivityStats] = {}
@@ -99,15 +108,20 @@ class ActivityRecorder:
                 self.missing.append(site.key)
                 continue
             self.stats[site.key] = ActivityStats.zeros(site.n_units, device)
-            self._handles.append(module.register_forward_pre_hook(self._hook(site)))
+            if site.where == "input":
+                handle = module.register_forward_pre_hook(self._hook(site, lambda a, o: a[0]))
+            else:
+                handle = module.register_forward_hook(self._hook(site, lambda a, o: o))
+            self._handles.append(handle)
 
-    def _hook(self, site: Site):
+    def _hook(self, site: Site, pick):
         stats = self.stats[site.key]
 
-        def hook(_module, args):
-            x = args[0]  # [B, T, D_in]
+        def hook(_module, args, output=None):
+            x = pick(args, output)  # [B, T, D]
             if self.token_mask is not None:
-                stats.update(x[self.token_mask][:, site.offset : site.offset + site.n_units])
+                mask = self.token_mask.to(x.device)
+                stats.update(x[mask][:, site.offset : site.offset + site.n_units])
 
         return hook
 
@@ -126,7 +140,7 @@ def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int 
     different vocabulary sizes are compared on the tokens they share).
     """
     ids, attn, resp = (t.to(device, non_blocking=True) for t in batch)
-    logits = model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
+    logits = model(input_ids=ids, attention_mask=attn).logits.to(device)  # [B, T, V]
     select = resp[:, 1:] & attn[:, 1:].bool()  # targets: response tokens 1..T-1
     logits, targets = logits[:, :-1][select], ids[:, 1:][select]
     if vocab_limit is not None and vocab_limit < logits.shape[-1]:
@@ -156,3 +170,67 @@ def perturbable(model) -> Iterator[tuple[str, torch.nn.Parameter]]:
     for name, p in sorted(model.named_parameters()):
         if p.dim() >= 2 and p.is_floating_point():
             yield name, p
+
+
+BATCH_TOKENS = {"cpu": 4096, "cuda": 8192}
+
+
+@dataclass
+class Calibration:
+    """Calibration data ready for forward passes: padded batches and what went into them."""
+
+    batches: list[Batch]
+    samples: int  # examples kept (after truncation drops)
+    response_tokens: int
+    batch_tokens: int
+    warnings: list[str]
+
+
+def prepare_calibration(
+    spec: str,
+    samples: int,
+    max_tokens: int,
+    tokenizer_dir: Path,
+    device: torch.device,
+    batch_tokens: int | None = None,
+) -> Calibration:
+    """Load `spec` (builtin:NAME or JSONL), tokenize with the SFT tokenizer and chat template,
+    and batch; the one path `rejuv diagnose` and the data-driven scorers share."""
+    from rejuv_cli.calib.data import load_examples
+    from rejuv_cli.calib.encode import batches, encode, pad_id_of
+    from rejuv_cli.errors import CalibError
+
+    examples = load_examples(spec, samples)
+    warnings = []
+    if len(examples) < samples:
+        warnings.append(f"{spec} has {len(examples)} examples; {samples} were asked for")
+    tokenizer = load_tokenizer(tokenizer_dir, "SFT")
+    encoded, notes = encode(examples, tokenizer, max_tokens)
+    warnings.extend(notes)
+    if not encoded:
+        raise CalibError(f"{spec}: no example has a response token left to score")
+    budget = batch_tokens or BATCH_TOKENS[device.type]
+    return Calibration(
+        list(batches(encoded, budget, pad_id_of(tokenizer))),
+        len(encoded),
+        int(sum(sum(e.response) for e in encoded)),
+        budget,
+        warnings,
+    )
+
+
+def record_activity(
+    model, calib: Calibration, sites: list[Site], device, on_batch: Callable[[], None] | None = None
+) -> ActivityRecorder:
+    """One forward pass over the calibration batches with activity hooks (no logits kept)."""
+    recorder = ActivityRecorder(model, sites, device)
+    try:
+        with torch.inference_mode():
+            for ids, attn, _ in calib.batches:
+                recorder.token_mask = attn.to(device).bool()
+                model(input_ids=ids.to(device), attention_mask=attn.to(device))
+                if on_batch is not None:
+                    on_batch()
+    finally:
+        recorder.close()
+    return recorder

@@ -126,7 +126,29 @@ def fuse_command(
         ),
     ] = None,
     select: Annotated[
-        str | None, _opt("--select", help="How units are scored: drift [default: drift].")
+        str | None,
+        _opt(
+            "--select",
+            help="How units are scored: drift (weights only), or from SFT's activations on "
+            "--calib data: dormant (lowest ReDo score), saturated (always-on), attribution "
+            "(the paper's; base + SFT forwards) [default: drift].",
+        ),
+    ] = None,
+    calib: Annotated[
+        str | None,
+        _opt(
+            "--calib",
+            help="Data scorers: builtin:math, builtin:tool_use or a JSONL file "
+            "[default: builtin:math].",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        _opt("--samples", min=1, help="Data scorers: calibration examples [default: 128]."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        _opt("--max-tokens", min=8, help="Data scorers: tokens per example [default: 1024]."),
     ] = None,
     modules: Annotated[
         str | None,
@@ -225,11 +247,14 @@ def fuse_command(
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
     reset_flags = _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask)
+    calib_flags = {"calib": calib, "samples": samples, "max_tokens": max_tokens}
     dtype = dtype.value if dtype is not None else None
     mode = reset_mode.value if reset_mode is not None else None
     loaded = load_recipe(find_recipe(recipe)) if recipe else Recipe(source=None)
     effective = loaded.with_overrides(alpha=alpha, dtype=dtype, shard_size=shard_size)
     effective = effective.with_reset(**reset_flags, mode=mode, omega=omega, noise=noise, seed=seed)
+    effective = effective.with_reset(**calib_flags)
+    _check_calib_flags(calib_flags, effective.reset.select, mask)
     if save_mask is not None and mask is None and effective.reset.fraction == 0:
         raise UsageError("--save-mask: there is nothing to save with --reset 0")
     job = FuseJob(
@@ -243,6 +268,7 @@ def fuse_command(
         _command(base, sft, out, recipe=recipe, alpha=alpha, dtype=dtype, shard_size=shard_size,
                  reset=reset, select=select, modules=modules, max_per_module=max_per_module,
                  protect=protect, reset_mode=mode, omega=omega, noise=noise, seed=seed,
+                 calib=calib, samples=samples, max_tokens=max_tokens,
                  save_mask=save_mask, mask=mask, device=None if device == "auto" else device),
         mask_in=mask,
         mask_out=save_mask,
@@ -269,6 +295,16 @@ def fuse_command(
         print_json(summary)
     else:
         render_summary(console, summary)
+
+
+def _check_calib_flags(flags: dict, select: str, mask) -> None:
+    from rejuv_cli.scoring import DATA_SCORERS
+
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given and (mask is not None or select not in DATA_SCORERS):
+        why = "--mask skips scoring" if mask is not None else f"the {select} scorer reads no data"
+        raise UsageError(f"{', '.join(given)}: {why}; these set the calibration data of "
+                         f"--select {'|'.join(DATA_SCORERS)}")  # fmt: skip
 
 
 def _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask) -> dict:

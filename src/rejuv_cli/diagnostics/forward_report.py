@@ -6,10 +6,7 @@ BASE, SFT and the candidate with transformers, all on the device at once (see ou
 
 from __future__ import annotations
 
-from rejuv_cli.calib.data import load_examples
-from rejuv_cli.calib.encode import batches as make_batches
-from rejuv_cli.calib.encode import encode, pad_id_of
-from rejuv_cli.calib.forward import activation_sites, load_model, load_tokenizer
+from rejuv_cli.calib.forward import activation_sites, load_model, prepare_calibration
 from rejuv_cli.diagnostics.output import (
     calibration_pass,
     entropy_edges,
@@ -17,29 +14,22 @@ from rejuv_cli.diagnostics.output import (
     units_summary,
 )
 from rejuv_cli.diagnostics.sharpness import sharpness
-from rejuv_cli.errors import CalibError
 
 
 def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
     """Fill report["output"], ["units"], ["sharpness"] and the calibration inputs."""
-    from rejuv_cli.diagnostics.run import ACTIVITY_MODULES, BATCH_TOKENS
+    from rejuv_cli.diagnostics.run import ACTIVITY_MODULES
 
-    examples = load_examples(job.calib, job.samples)
-    if len(examples) < job.samples:
-        warnings.append(f"{job.calib} has {len(examples)} examples; --samples {job.samples} asked")
-    tokenizer = load_tokenizer(resolved["sft"].path, "SFT")
-    encoded, notes = encode(examples, tokenizer, job.max_tokens)
-    warnings.extend(notes)
-    if not encoded:
-        raise CalibError(f"{job.calib}: no example has a response token left to score")
-    budget = job.batch_tokens or BATCH_TOKENS[device.type]
-    batches = list(make_batches(encoded, budget, pad_id_of(tokenizer)))
+    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, resolved["sft"].path,
+                                device, job.batch_tokens)  # fmt: skip
+    warnings.extend(calib.warnings)
+    batches = calib.batches
     report["inputs"] |= {
-        "samples": len(encoded),
-        "response_tokens": int(sum(sum(e.response) for e in encoded)),
+        "samples": calib.samples,
+        "response_tokens": calib.response_tokens,
         "batches": len(batches),
-        "batch_tokens": budget,
-        "dtype": str(__import__("torch").bfloat16 if device.type == "cuda" else "float32"),
+        "batch_tokens": calib.batch_tokens,
+        "dtype": "bfloat16" if device.type == "cuda" else "float32",
     }
 
     loaded = progress("loading", len(resolved), "models")

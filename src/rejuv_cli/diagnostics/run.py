@@ -20,7 +20,6 @@ from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe
 
 SCHEMA_VERSION = 1
-BATCH_TOKENS = {"cpu": 4096, "cuda": 8192}
 ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
 
 # progress(label, total, unit) -> advance(n); unit is "bytes" or a noun such as "batches"

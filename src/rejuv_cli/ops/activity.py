@@ -37,8 +37,9 @@ class ActivityStats:
     def update(self, h: torch.Tensor) -> None:
         """h: [T, U] activations of T real tokens, any float dtype."""
         h = h.float()
-        self.sum_abs += h.abs().sum(0).double()
-        self.sum_sq += h.square().sum(0).double()
+        # .to(): with an offloaded model a layer may run on another device than the sums
+        self.sum_abs += h.abs().sum(0).double().to(self.sum_abs.device)
+        self.sum_sq += h.square().sum(0).double().to(self.sum_sq.device)
         self.tokens += h.shape[0]
 
     def mean_abs(self) -> np.ndarray:
