@@ -100,6 +100,24 @@ def test_data_scorer_masks_apply_through_the_same_path(llama, dead_llama, tmp_pa
     assert bits(a[down][:, 5]) == bits(base[down][:, 5])
 
 
+@pytest.mark.parametrize("scorer", ["saturated", "attribution"])
+def test_every_scorer_saves_a_mask_that_reproduces_its_output(llama, scorer, tmp_path):
+    out, again, mask = tmp_path / "out", tmp_path / "again", tmp_path / "units.safetensors"
+    r = run_cli("fuse", *llama, "--out", out, "--select", scorer, *FAST, "--save-mask", mask,
+                "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)["reset"]
+    assert info["selected"] == info["target"] > 0
+    if scorer == "attribution":
+        assert info["scorer"]["positions"] > 0
+        assert info["scorer"]["reconstruction"]["relative"] < 1e-4
+    r = run_cli("fuse", *llama, "--out", again, "--mask", mask, "-q")
+    assert r.exit_code == 0, r.output
+    a, b = load_dir(out), load_dir(again)
+    assert all(bits(a[k]) == bits(b[k]) for k in a)
+    assert load_file(mask)  # one bool tensor per module instance, as with drift
+
+
 def test_calibration_flags_need_a_data_scorer(llama, tmp_path):
     r = run_cli("fuse", *llama, "--out", tmp_path / "o", "--samples", "4")
     assert r.exit_code == 2 and "the drift scorer reads no data" in r.stderr

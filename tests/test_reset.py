@@ -411,7 +411,10 @@ def test_models_without_a_unit_map_fuse_but_refuse_an_explicit_reset(llama_copy,
 def test_reset_flag_usage_errors(llama, tmp_path):
     base_dir, sft_dir = llama
     cases = {
-        ("--select", "magic"): "--select 'magic': choose from attribution, dormant, drift, saturated",
+        (
+            "--select",
+            "magic",
+        ): "--select 'magic': choose from attribution, dormant, drift, saturated",
         ("--max-per-module", "0"): "--max-per-module must be > 0",
         ("--reset", "0", "--save-mask", str(tmp_path / "m")): "nothing to save with --reset 0",
         (

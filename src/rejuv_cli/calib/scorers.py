@@ -61,3 +61,36 @@ def score_dormant(layout, base, sft, device, on_bytes=None, settings=None):
 def score_saturated(layout, base, sft, device, on_bytes=None, settings=None):
     """Always-on units: relative mean activity / (CV + ε), highest first."""
     return _activity_scores("saturated", layout, base, sft, device, on_bytes, settings)
+
+
+def score_attribution(layout, base, sft, device, on_bytes=None, settings=None):
+    """The paper's scorer: units' contributions to SFT's top-1 logit at the response positions
+    where SFT's and BASE's next-token entropies differ most (METHOD.md section 3)."""
+    from rejuv_cli.calib.attribution import (
+        attribution_scores,
+        entropy_gaps,
+        select_positions,
+        target_positions,
+    )
+    from rejuv_cli.calib.forward import activation_sites, load_model, prepare_calibration
+    from rejuv_cli.scoring import UnitScores
+
+    t0 = time.perf_counter()
+    norms, base_norm_sq = _base_norms(layout, base, device, on_bytes)
+    calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
+                                sft.root, device)  # fmt: skip
+    sft_model = load_model(sft.root, "SFT", device)
+    base_model = load_model(base.root, "BASE", device)
+    gaps = entropy_gaps(base_model, sft_model, calib.batches, device)
+    del base_model  # only the entropies were needed from BASE
+    masks = [target_positions(b) for b in calib.batches]
+    positions = select_positions(gaps, masks=masks)
+    result = attribution_scores(sft_model, calib.batches, positions, activation_sites(layout),
+                                device)  # fmt: skip
+    scores = [result.scores.get(inst.key, np.full(inst.n_units, np.nan))
+              for inst in layout.instances]  # fmt: skip
+    info = {"calib": settings.calib, "samples": calib.samples,
+            "response_tokens": calib.response_tokens, "positions": result.positions,
+            "reconstruction": result.reconstruction, "not_measured": result.missing,
+            "warnings": calib.warnings}  # fmt: skip
+    return UnitScores(scores, base_norm_sq, norms, time.perf_counter() - t0, info)

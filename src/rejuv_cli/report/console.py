@@ -76,8 +76,24 @@ def _reset_rows(t: Table, r: dict | None) -> None:
     top = sorted(r["by_layer"].items(), key=lambda kv: (-kv[1], int(kv[0])))[:3]
     if top and top[0][1]:
         t.add_row("  most reset", ", ".join(f"layer {k}: {n}" for k, n in top if n))
+    if r.get("scorer"):
+        t.add_row("  data", _scorer_text(r["scorer"]))
     if r.get("mask_saved"):
         t.add_row("  mask", r["mask_saved"])
+
+
+def _scorer_text(info: dict) -> str:
+    """What a data scorer ran on: the calibration set and, for attribution, the fit."""
+    text = (
+        f"{info['calib']}: {info['samples']} examples, {info['response_tokens']:,} response tokens"
+    )
+    rec = info.get("reconstruction")
+    if rec:
+        text += (f"; {info['positions']} positions, linearised logit error "
+                 f"{rec['mean_abs_error']:.2g} (relative {rec['relative']:.2g})")  # fmt: skip
+    if info.get("not_measured"):
+        text += f"; {len(info['not_measured'])} module instance(s) not measured"
+    return text
 
 
 def _model(m: dict) -> str:
