@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from rejuv_cli.cli import app
@@ -58,6 +58,16 @@ def reference_fuse(b: torch.Tensor, s: torch.Tensor, alpha: float, dtype=None) -
     s32 = s.to(torch.float32).numpy()
     fused = b32 + np.float32(alpha) * (s32 - b32)
     return torch.from_numpy(fused).to(dtype or s.dtype)
+
+
+def edit_checkpoint(src: Path, dst: Path, edit) -> None:
+    """Copy checkpoint dir `src` to `dst`, then call edit(state) on each shard's tensors; a
+    shard is rewritten when edit returns True (it changed something there)."""
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        state = load_file(f)
+        if edit(state):
+            save_file(state, f, metadata={"format": "pt"})
 
 
 def bits(t: torch.Tensor) -> bytes:

@@ -4,13 +4,12 @@ through the same selection, mask and reset code as the drift scorer's."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import bits, load_dir, run_cli
-from safetensors.torch import load_file, save_file
+from conftest import bits, edit_checkpoint, load_dir, run_cli
+from safetensors.torch import load_file
 
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.plan import build_plan
@@ -18,14 +17,6 @@ from rejuv_cli.recipe import Recipe, ResetSettings
 from rejuv_cli.scoring import SCORERS, unit_layout
 
 FAST = ("--samples", "6")
-
-
-def plant(src, dst, edit) -> None:
-    shutil.copytree(src, dst)
-    for f in dst.glob("*.safetensors"):
-        state = load_file(f)
-        if edit(state):
-            save_file(state, f, metadata={"format": "pt"})
 
 
 def ranked_first(base_dir, sft_dir, scorer: str) -> tuple[str, int]:
@@ -54,7 +45,7 @@ def dead_llama(llama, tmp_path_factory):
                 hit = True
         return hit
 
-    plant(llama[1], dst, kill)
+    edit_checkpoint(llama[1], dst, kill)
     return dst
 
 
@@ -74,7 +65,7 @@ def test_always_on_unit_ranks_first_under_saturated(pairs, tmp_path):
         state["transformer.h.0.mlp.c_fc.bias"][7] = 4.0
         return True
 
-    plant(sft, dst, steady)
+    edit_checkpoint(sft, dst, steady)
     assert ranked_first(base, dst, "saturated") == ("layers.0.mlp", 7)
     assert ranked_first(base, dst, "dormant") != ("layers.0.mlp", 7)
 

@@ -4,28 +4,17 @@ the verdict on a planted over-confident SFT, JSON schema, HTML, gates and exit c
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_dir, read_json, run_cli
-from safetensors.torch import load_file, save_file
+from conftest import edit_checkpoint, load_dir, read_json, run_cli
 
 from rejuv_cli.calib.data import load_examples
 from rejuv_cli.calib.encode import encode
 
 CALIB = "builtin:math"
 FAST = ("--samples", "6", "--sharpness-draws", "1")
-
-
-def edit_sft(src, dst, edit) -> None:
-    """Copy a checkpoint dir and apply edit(state) to every shard's tensors in place."""
-    shutil.copytree(src, dst)
-    for f in dst.glob("*.safetensors"):
-        state = load_file(f)
-        if edit(state):
-            save_file(state, f, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +28,7 @@ def overconfident(llama, tmp_path_factory):
             return True
         return False
 
-    edit_sft(llama[1], dst, scale)
+    edit_checkpoint(llama[1], dst, scale)
     return dst
 
 
@@ -152,7 +141,7 @@ def test_planted_dead_units_are_dormant(llama, tmp_path):
                 hit = True
         return hit
 
-    edit_sft(llama[1], sft, kill)
+    edit_checkpoint(llama[1], sft, kill)
     r = run_cli("diagnose", llama[0], sft, *FAST, "--sharpness-draws", "0", "--json", "-")
     assert r.exit_code == 0, r.output
     units = json.loads(r.stdout)["units"]

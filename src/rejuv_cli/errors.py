@@ -47,3 +47,10 @@ class NonFiniteError(RejuvError):
 
 class CalibError(RejuvError):
     """Calibration data is missing or malformed."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for wrapping
+    third-party errors into one-line RejuvErrors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

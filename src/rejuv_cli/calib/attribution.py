@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rejuv_cli.calib.forward import Batch, Site
+from rejuv_cli.calib.forward import Batch, Site, shared_vocab
+from rejuv_cli.ops.tokens import block_rows, entropy, log_probs
 
-BLOCK_ELEMENTS = 1 << 25  # rows × vocabulary per float32 temporary in the entropy pass
 NORM_MATCH = 2e-2  # max |frozen recomputation − real norm output| / max |output| to accept it
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "block_sparse_moe", "feed_forward", "ffn")
@@ -86,15 +86,10 @@ def target_positions(batch: Batch) -> torch.Tensor:
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """logits [N, V] any float dtype -> next-token entropy [N] float32 (nats), in row blocks so
-    float32 temporaries stay near BLOCK_ELEMENTS elements."""
-    rows = max(1, BLOCK_ELEMENTS // max(logits.shape[-1], 1))
-    out = []
-    for i in range(0, logits.shape[0], rows):
-        logp = torch.log_softmax(logits[i : i + rows].float(), dim=-1)
-        p = logp.exp()
-        # p·log p is 0 where p underflows (log p = −inf would give NaN).
-        out.append(-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1))
+    """logits [N, V] any float dtype -> next-token entropy [N] float32 (nats), in row blocks
+    (`block_rows`) so float32 temporaries stay bounded."""
+    rows = block_rows(logits.shape[-1])
+    out = [entropy(log_probs(logits[i : i + rows])) for i in range(0, logits.shape[0], rows)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -114,9 +109,7 @@ def entropy_gaps(
     embedding), renormalised, as the output-space diagnostics do.
     """
     if vocab_limit is None:
-        vocab_limit = min(
-            m.get_output_embeddings().weight.shape[0] for m in (base_model, sft_model)
-        )
+        vocab_limit = shared_vocab({"base": base_model, "sft": sft_model})[0]
     gaps = []
     with torch.inference_mode():
         for batch in batches:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rejuv_cli.calib.data import Example
-from rejuv_cli.errors import CalibError
+from rejuv_cli.errors import CalibError, first_line
 
 
 @dataclass
@@ -135,10 +135,9 @@ def _render(tokenizer, msgs: list[dict], generation_prompt: bool, source: str) -
             msgs, add_generation_prompt=generation_prompt, tokenize=False
         )
     except Exception as e:  # jinja errors, template-raised exceptions: all "cannot render"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CalibError(
             f"{source}: the tokenizer's chat template cannot render this conversation "
-            f"({first}); some templates accept only certain roles or orders"
+            f"({first_line(e)}); some templates accept only certain roles or orders"
         ) from None
     if not isinstance(text, str):
         raise CalibError(f"{source}: the chat template did not render to text")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rejuv_cli.errors import CheckpointError
+from rejuv_cli.errors import CheckpointError, first_line
 from rejuv_cli.ops.activity import ActivityStats
 from rejuv_cli.scoring import UnitLayout
 
@@ -38,9 +38,8 @@ def load_model(path: Path, label: str, device: torch.device):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(device), **kwargs)
     except Exception as e:  # transformers raises many types; all mean "cannot load this"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{label} {path}: transformers cannot load it for forward passes ({first}); "
+            f"{label} {path}: transformers cannot load it for forward passes ({first_line(e)}); "
             "run with --weights-only for the weight-space report"
         ) from None
     return (model if kwargs else model.to(device)).eval()
@@ -52,11 +51,24 @@ def load_tokenizer(path: Path, label: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{label} {path}: no usable tokenizer ({first}); the calibration data is tokenized "
-            "with the SFT model's tokenizer (or use --weights-only)"
+            f"{label} {path}: no usable tokenizer ({first_line(e)}); the calibration data is "
+            "tokenized with the SFT model's tokenizer (or use --weights-only)"
         ) from None
+
+
+def shared_vocab(models: dict) -> tuple[int, str | None]:
+    """The vocabulary all `models` share (the smallest lm_head) and, when they differ, a warning
+    saying how the comparison handles it (see `response_logits`)."""
+    vocab = {role: m.get_output_embeddings().weight.shape[0] for role, m in models.items()}
+    shared = min(vocab.values())
+    if len(set(vocab.values())) == 1:
+        return shared, None
+    sizes = ", ".join(f"{r} {v}" for r, v in vocab.items())
+    return shared, (
+        f"vocabulary sizes differ ({sizes}): output metrics use the first {shared} tokens, "
+        "renormalised, and skip positions whose target is a newer token"
+    )
 
 
 @dataclass(frozen=True)

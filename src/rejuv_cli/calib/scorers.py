@@ -15,42 +15,47 @@ import numpy as np
 from rejuv_cli.ops import activity as act
 
 
-def _base_norms(layout, base, device, on_bytes):
-    from rejuv_cli.scoring import gather, stream_norms
+class _Run:
+    """What every data scorer needs before its own pass: BASE norms for protection (one
+    streaming BASE pass), the calibration batches, and the SFT model."""
 
-    norms = stream_norms(base, None, layout.tensor_axes(), device, on_bytes)
-    return norms, [b_in + b_out for b_in, b_out in gather(layout, norms, "base_sq")]
+    def __init__(self, layout, base, sft, device, on_bytes, settings):
+        from rejuv_cli.calib.forward import load_model, prepare_calibration
+        from rejuv_cli.scoring import gather, stream_norms
+
+        self.t0 = time.perf_counter()
+        self.layout, self.settings = layout, settings
+        self.norms = stream_norms(base, None, layout.tensor_axes(), device, on_bytes)
+        self.base_norm_sq = [b_in + b_out for b_in, b_out in gather(layout, self.norms, "base_sq")]
+        self.calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
+                                         sft.root, device)  # fmt: skip
+        self.model = load_model(sft.root, "SFT", device)
+
+    def result(self, by_key: dict, not_measured: list[str], **info):
+        """UnitScores in layout order; units of modules that were not measured get NaN, which
+        selection never picks."""
+        from rejuv_cli.scoring import UnitScores
+
+        scores = [by_key.get(inst.key, np.full(inst.n_units, np.nan))
+                  for inst in self.layout.instances]  # fmt: skip
+        info = {"calib": self.settings.calib, "samples": self.calib.samples,
+                "response_tokens": self.calib.response_tokens, **info,
+                "not_measured": not_measured, "warnings": self.calib.warnings}  # fmt: skip
+        seconds = time.perf_counter() - self.t0
+        return UnitScores(scores, self.base_norm_sq, self.norms, seconds, info)
 
 
 def _activity_scores(kind: str, layout, base, sft, device, on_bytes=None, settings=None):
-    from rejuv_cli.calib.forward import (
-        activation_sites,
-        load_model,
-        prepare_calibration,
-        record_activity,
-    )
-    from rejuv_cli.scoring import UnitScores
+    from rejuv_cli.calib.forward import activation_sites, record_activity
 
-    t0 = time.perf_counter()
-    norms, base_norm_sq = _base_norms(layout, base, device, on_bytes)
-    calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
-                                sft.root, device)  # fmt: skip
-    model = load_model(sft.root, "SFT", device)
-    sites = activation_sites(layout)
-    recorder = record_activity(model, calib, sites, device)
-    scores = []
-    for inst in layout.instances:
-        stats = recorder.stats.get(inst.key)
-        if stats is None:  # no such module in the loaded model: never chosen
-            scores.append(np.full(inst.n_units, np.nan))
-            continue
+    run = _Run(layout, base, sft, device, on_bytes, settings)
+    recorder = record_activity(run.model, run.calib, activation_sites(layout), device)
+    by_key = {}
+    for key, stats in recorder.stats.items():
         redo = act.redo_scores(stats.mean_abs())
         # selection takes the highest scores: dormant ranks the lowest ReDo score first
-        scores.append(-redo if kind == "dormant" else act.saturated_scores(redo, stats.cv()))
-    info = {"calib": settings.calib, "samples": calib.samples,
-            "response_tokens": calib.response_tokens, "not_measured": recorder.missing,
-            "warnings": calib.warnings}  # fmt: skip
-    return UnitScores(scores, base_norm_sq, norms, time.perf_counter() - t0, info)
+        by_key[key] = -redo if kind == "dormant" else act.saturated_scores(redo, stats.cv())
+    return run.result(by_key, recorder.missing)
 
 
 def score_dormant(layout, base, sft, device, on_bytes=None, settings=None):
@@ -72,25 +77,14 @@ def score_attribution(layout, base, sft, device, on_bytes=None, settings=None):
         select_positions,
         target_positions,
     )
-    from rejuv_cli.calib.forward import activation_sites, load_model, prepare_calibration
-    from rejuv_cli.scoring import UnitScores
+    from rejuv_cli.calib.forward import activation_sites, load_model
 
-    t0 = time.perf_counter()
-    norms, base_norm_sq = _base_norms(layout, base, device, on_bytes)
-    calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
-                                sft.root, device)  # fmt: skip
-    sft_model = load_model(sft.root, "SFT", device)
+    run = _Run(layout, base, sft, device, on_bytes, settings)
+    batches = run.calib.batches
     base_model = load_model(base.root, "BASE", device)
-    gaps = entropy_gaps(base_model, sft_model, calib.batches, device)
+    gaps = entropy_gaps(base_model, run.model, batches, device)
     del base_model  # only the entropies were needed from BASE
-    masks = [target_positions(b) for b in calib.batches]
-    positions = select_positions(gaps, masks=masks)
-    result = attribution_scores(sft_model, calib.batches, positions, activation_sites(layout),
-                                device)  # fmt: skip
-    scores = [result.scores.get(inst.key, np.full(inst.n_units, np.nan))
-              for inst in layout.instances]  # fmt: skip
-    info = {"calib": settings.calib, "samples": calib.samples,
-            "response_tokens": calib.response_tokens, "positions": result.positions,
-            "reconstruction": result.reconstruction, "not_measured": result.missing,
-            "warnings": calib.warnings}  # fmt: skip
-    return UnitScores(scores, base_norm_sq, norms, time.perf_counter() - t0, info)
+    positions = select_positions(gaps, masks=[target_positions(b) for b in batches])
+    result = attribution_scores(run.model, batches, positions, activation_sites(layout), device)
+    return run.result(result.scores, result.missing, positions=result.positions,
+                      reconstruction=result.reconstruction)  # fmt: skip

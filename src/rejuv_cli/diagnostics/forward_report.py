@@ -6,14 +6,19 @@ BASE, SFT and the candidate with transformers, all on the device at once (see ou
 
 from __future__ import annotations
 
-from rejuv_cli.calib.forward import activation_sites, load_model, prepare_calibration
+from rejuv_cli.calib.forward import (
+    activation_sites,
+    load_model,
+    prepare_calibration,
+    shared_vocab,
+)
 from rejuv_cli.diagnostics.output import (
     calibration_pass,
     entropy_edges,
     output_summary,
     units_summary,
 )
-from rejuv_cli.diagnostics.sharpness import sharpness
+from rejuv_cli.diagnostics.sharpness import SEED, sharpness
 
 
 def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
@@ -37,21 +42,16 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
     for role, m in resolved.items():
         models[role] = load_model(m.path, role.upper(), device)
         loaded(1)
-    vocab = {role: m.get_output_embeddings().weight.shape[0] for role, m in models.items()}
-    shared_vocab = min(vocab.values())
-    if len(set(vocab.values())) > 1:
-        warnings.append(
-            f"vocabulary sizes differ ({', '.join(f'{r} {v}' for r, v in vocab.items())}): "
-            f"output metrics use the first {shared_vocab} tokens, renormalised, and skip "
-            "positions whose target is a newer token"
-        )
+    vocab, note = shared_vocab(models)
+    if note:
+        warnings.append(note)
     sites = []
     if layout is not None:
         sites = [s for s in activation_sites(layout) if s.module in ACTIVITY_MODULES]
     n_models = len(models)
     step = progress("forward", len(batches) * n_models, "model × batch passes")
     records = calibration_pass(
-        models, batches, sites, device, on_batch=lambda: step(n_models), vocab_limit=shared_vocab
+        models, batches, sites, device, on_batch=lambda: step(n_models), vocab_limit=vocab
     )
     edges = entropy_edges(records)
     output = output_summary(records["sft"], records["base"], edges)
@@ -74,7 +74,7 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
         for role, model in models.items():
             loss = output["nll_mean"] if role == "sft" else output[role]["nll_mean"]
             sharp[role] = sharpness(model, batches, device, loss=loss, draws=draws,
-                                    sigma_rel=job.sharpness_sigma, vocab_limit=shared_vocab,
+                                    sigma_rel=job.sharpness_sigma, vocab_limit=vocab,
                                     on_batch=lambda: step(1))  # fmt: skip
         report["sharpness"] = sharpness_section(sharp, job)
 
@@ -95,6 +95,6 @@ def sharpness_section(sharp: dict, job) -> dict:
         "candidate_ratio": ratio("candidate"),
         "sigma_rel": job.sharpness_sigma,
         "draws": job.sharpness_draws,
-        "seed": 0,
+        "seed": SEED,
         "per_model": sharp,
     }

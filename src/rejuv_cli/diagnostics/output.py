@@ -16,10 +16,9 @@ import torch
 
 from rejuv_cli.calib.forward import ActivityRecorder, Batch, Site, response_logits
 from rejuv_cli.ops import activity as act
-from rejuv_cli.ops.tokens import CONFIDENT, kl_divergence, log_probs, token_stats
+from rejuv_cli.ops.tokens import CONFIDENT, block_rows, kl_divergence, log_probs, token_stats
 
 HIST_BINS = 40
-BLOCK_ELEMENTS = 1 << 25  # rows × vocabulary per float32 temporary (128 MB)
 
 
 @dataclass
@@ -75,9 +74,9 @@ def calibration_pass(
 
 
 def _token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
-    """Per-token statistics in blocks of rows, so float32 temporaries stay near
-    BLOCK_ELEMENTS elements whatever the batch size and vocabulary."""
-    rows = max(1, BLOCK_ELEMENTS // max(logits.shape[-1], 1))
+    """Per-token statistics in blocks of rows (`block_rows`), so float32 temporaries stay
+    bounded whatever the batch size and vocabulary."""
+    rows = block_rows(logits.shape[-1])
     for i in range(0, logits.shape[0], rows):
         logp = log_probs(logits[i : i + rows])
         stats = token_stats(logp, targets[i : i + rows])

@@ -161,48 +161,45 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
     return block
 
 
-# (path, label, which direction means "more plastic" or "closer to BASE")
+# (metric name, its keys in the report, label, which direction means "more plastic" or
+# "closer to BASE"). The candidate's value sits under the section's "candidate" block, except
+# for sharpness, whose SFT and candidate ratios are siblings.
 COMPARED = (
-    ("output.entropy_mean", "mean entropy (nats)", "higher"),
-    ("output.entropy_ratio", "entropy / BASE entropy", "higher"),
-    ("output.confident_share", "share of tokens with p_max > 0.99", "lower"),
-    ("output.p_max_mean", "mean max-probability", "lower"),
-    ("output.kl_mean", "KL to BASE (nats/token)", "lower"),
-    ("output.nll_mean", "NLL of the calibration responses", "lower"),
-    ("weights.overall.rel_drift", "relative drift from BASE", "lower"),
-    ("weights.drift_max", "largest tensor drift", "lower"),
-    ("weights.spikiness", "spikiness (top-0.1% energy share)", "lower"),
-    ("units.dormant_0.025", "dormant units (ReDo ≤ 0.025)", "lower"),
-    ("units.saturated", "saturated units", "lower"),
-    ("sharpness.ratio", "sharpness / BASE sharpness", "lower"),
-)
+    ("output.entropy_mean", ("output", "entropy_mean"), "mean entropy (nats)", "higher"),
+    ("output.entropy_ratio", ("output", "entropy_ratio"), "entropy / BASE entropy", "higher"),
+    ("output.confident_share", ("output", "confident_share"),
+     "share of tokens with p_max > 0.99", "lower"),
+    ("output.p_max_mean", ("output", "p_max_mean"), "mean max-probability", "lower"),
+    ("output.kl_mean", ("output", "kl_mean"), "KL to BASE (nats/token)", "lower"),
+    ("output.nll_mean", ("output", "nll_mean"), "NLL of the calibration responses", "lower"),
+    ("weights.overall.rel_drift", ("weights", "overall", "rel_drift"),
+     "relative drift from BASE", "lower"),
+    ("weights.drift_max", ("weights", "drift_max"), "largest tensor drift", "lower"),
+    ("weights.spikiness", ("weights", "spikiness"), "spikiness (top-0.1% energy share)",
+     "lower"),
+    ("units.dormant_0.025", ("units", "dormant", "0.025"), "dormant units (ReDo ≤ 0.025)",
+     "lower"),
+    ("units.saturated", ("units", "saturated"), "saturated units", "lower"),
+    ("sharpness.ratio", ("sharpness", "ratio"), "sharpness / BASE sharpness", "lower"),
+)  # fmt: skip
+
+
+def _dig(data, keys):
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
 
 
 def comparison(report: dict) -> list[dict]:
     """Before (SFT) / after (candidate) rows for the metrics measured in this run."""
-    sharp = report["sharpness"] or {}
-    units = report["units"] or {}
-
-    def values(path: str) -> tuple:
-        section, key = path.split(".", 1)
-        if section == "sharpness":
-            return sharp.get("ratio"), sharp.get("candidate_ratio")
-        if section == "units":
-
-            def get(u):
-                return (u.get("dormant") or {}).get("0.025") if key == "dormant_0.025" \
-                    else u.get(key)  # fmt: skip
-
-            return get(units) if units else None, get(units.get("candidate") or {})
-        top = report[section] or {}
-        sft, cand = top, top.get("candidate") or {}
-        for part in key.split("."):
-            sft, cand = (sft or {}).get(part), (cand or {}).get(part)
-        return sft, cand
-
     rows = []
-    for path, label, better in COMPARED:
-        before, after = values(path)
+    for path, keys, label, better in COMPARED:
+        section, rest = keys[0], keys[1:]
+        after_keys = (section, "candidate_ratio") if section == "sharpness" else (
+            section, "candidate", *rest)  # fmt: skip
+        before, after = _dig(report, keys), _dig(report, after_keys)
         if before is None or after is None:
             continue
         improved = after > before if better == "higher" else after < before
