@@ -35,6 +35,7 @@ class FuseJob:
     command: str = ""
     mask_in: Path | None = None  # --mask: reuse these units, skip scoring
     mask_out: Path | None = None  # --save-mask
+    max_memory: int | None = None  # --max-memory: model weights budget of the data scorers
 
 
 @dataclass
@@ -112,7 +113,8 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
     if p.job.mask_in is not None:
         mask = load_mask(p.job.mask_in, layout)
     else:
-        scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes, settings)
+        scores = SCORERS[settings.select](layout, p.base, p.sft, device, on_bytes, settings,
+                                          p.job.max_memory)  # fmt: skip
         inputs = {"base": p.job.base, "sft": p.job.sft}
         inputs |= {f"{k}_commit": m.commit for k, m in
                    (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip

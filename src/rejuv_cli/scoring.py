@@ -220,10 +220,11 @@ def gather(layout: UnitLayout, norms: dict[str, TensorNorms], which: str) -> lis
     return out
 
 
-def score_drift(
-    layout: UnitLayout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None, settings=None
-):
-    """The weights-only `drift` scorer (METHOD.md section 3): one pass over both checkpoints."""
+def score_drift(layout: UnitLayout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None,
+                settings=None, max_memory=None):  # fmt: skip
+    """The weights-only `drift` scorer (METHOD.md section 3): one pass over both checkpoints.
+    It streams tensor by tensor, so `max_memory` (the model budget of the data scorers) does
+    not apply."""
     from rejuv_cli.ops.reset import drift_scores
 
     t0 = time.perf_counter()
@@ -246,7 +247,7 @@ def _lazy(name: str):
     return scorer
 
 
-# name -> scorer(layout, base, sft, device, on_bytes, settings) -> UnitScores
+# name -> scorer(layout, base, sft, device, on_bytes, settings, max_memory) -> UnitScores
 SCORERS = {
     "drift": score_drift,
     "dormant": _lazy("dormant"),

@@ -51,9 +51,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rejuv_cli.calib.forward import Batch, Site, shared_vocab
+from rejuv_cli.calib.forward import Batch, Site, refetch_offloaded_weights, shared_vocab
 from rejuv_cli.ops.tokens import block_rows, entropy, log_probs
 
+# Tokens per batch (padding included). The backward pass keeps every layer's activations for
+# the whole batch (about 10 of tokens × hidden or intermediate size per layer: ~9 GB for a 7B
+# model at 2048 tokens in bf16), so batches are smaller than for inference-only passes.
+BATCH_TOKENS = 2048
 NORM_MATCH = 2e-2  # max |frozen recomputation − real norm output| / max |output| to accept it
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "block_sparse_moe", "feed_forward", "ffn")
@@ -93,6 +97,34 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def response_entropies(model, batches: list[Batch], device: torch.device,
+                       vocab_limit: int | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """Per batch, [N] float32 (CPU): the model's teacher-forced next-token entropy (nats) at the
+    response target positions (`target_positions`, in row-major order), over the first
+    `vocab_limit` tokens, renormalised, when given. Only one batch's logits exist at a time."""
+    out = []
+    with torch.inference_mode():
+        for batch in batches:
+            sel = target_positions(batch).to(device)
+            ids, attn = batch[0].to(device), batch[1].to(device)
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            out.append(_entropy(logits[sel.to(logits.device)][:, :vocab_limit]).cpu())
+            del logits
+    return out
+
+
+def gaps_from(base: list[torch.Tensor], sft: list[torch.Tensor], batches: list[Batch]):
+    """Per batch, [B, T] float32 (CPU): |H_sft(t) − H_base(t)| at response target positions,
+    0 elsewhere, from two models' `response_entropies` on the same batches."""
+    gaps = []
+    for h_base, h_sft, batch in zip(base, sft, batches, strict=True):
+        mask = target_positions(batch)
+        gap = torch.zeros(mask.shape, dtype=torch.float32)
+        gap[mask] = (h_sft - h_base).abs()
+        gaps.append(gap)
+    return gaps
+
+
 def entropy_gaps(
     base_model,
     sft_model,
@@ -100,31 +132,14 @@ def entropy_gaps(
     device: torch.device,
     vocab_limit: int | None = None,
 ) -> list[torch.Tensor]:
-    """Per batch, [B, T] float32 (CPU): |H_sft(t) − H_base(t)| at response target positions
-    (`target_positions`), 0 elsewhere; teacher-forced next-token entropies in nats.
-
-    The models run one after the other on each batch and only the [N] entropies are kept, so
-    at most one model's logits for one batch exist at a time. When the vocabularies differ the
-    entropies are taken over the first `vocab_limit` tokens (default: the smaller output
-    embedding), renormalised, as the output-space diagnostics do.
-    """
+    """`gaps_from` two loaded models. When the vocabularies differ the entropies are taken over
+    the first `vocab_limit` tokens (default: the smaller output embedding), renormalised, as
+    the output-space diagnostics do. (`score_attribution` runs the two models one after the
+    other instead, so only one is loaded at a time.)"""
     if vocab_limit is None:
         vocab_limit = shared_vocab({"base": base_model, "sft": sft_model})[0]
-    gaps = []
-    with torch.inference_mode():
-        for batch in batches:
-            mask = target_positions(batch)
-            ids, attn = batch[0].to(device), batch[1].to(device)
-            sel = mask.to(device)
-            entropies = []
-            for model in (base_model, sft_model):
-                logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-                entropies.append(_entropy(logits[sel][:, :vocab_limit]).cpu())
-                del logits
-            gap = torch.zeros(mask.shape, dtype=torch.float32)
-            gap[mask] = (entropies[1] - entropies[0]).abs()
-            gaps.append(gap)
-    return gaps
+    base = response_entropies(base_model, batches, device, vocab_limit)
+    return gaps_from(base, response_entropies(sft_model, batches, device, vocab_limit), batches)
 
 
 def select_positions(
@@ -254,9 +269,12 @@ def _frozen_norm(module, h: torch.Tensor, y: torch.Tensor):
     description); for an unrecognised norm y' is None (the model keeps its real output and
     gradient, described "unrecognised"), and the reconstruction error shows the effect.
     """
+    from accelerate.utils import align_module_device
+
     x = h.float()
     yf = y.detach().float()
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    with align_module_device(module):  # an offloaded norm's weights are on "meta" after forward
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     gains = [("1", None)]
     if isinstance(weight, torch.Tensor) and weight.shape == x.shape[-1:]:
         gains = [("w", weight.float()), ("1+w", 1 + weight.float())]
@@ -393,6 +411,12 @@ def attribution_scores(
     unplaced: set[str] = set()
     was_training = model.training
     model.eval()
+    # Only activations need gradients. A parameter that requires grad would put an
+    # AccumulateGrad node holding it into every graph, keeping every (onloaded) weight alive
+    # until the batch ends; the graph starts at the first layer's input instead.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         for batch, pos in zip(batches, positions, strict=True):
             if not pos:
@@ -404,6 +428,9 @@ def attribution_scores(
             unplaced |= bad
     finally:
         model.train(was_training)
+        for p in frozen:
+            if not p.is_inference():  # accelerate re-creates offloaded ones under inference_mode
+                p.requires_grad_(True)
     for key in unplaced:
         scores.pop(key, None)
     missing += [s.key for s in present if s.key in unplaced]
@@ -425,21 +452,24 @@ def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site],
                      device) -> tuple[np.ndarray, np.ndarray, str, set[str]]:  # fmt: skip
     """One batch: update `scores` in place; returns (|linearised − real| [P], real target
     logits [P], final-norm description, keys of sites not laid out per token)."""
+    from accelerate.utils import align_module_device
+
     ids, attn = batch[0].to(device), batch[1].to(device)
     b, t = ids.shape
     rows = torch.tensor([r for r, _ in pos], device=device)
     ts = torch.tensor([s for _, s in pos], device=device)
     cap = _Capture(model, parts, sites, rows, ts, b, t)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), refetch_offloaded_weights(model):
             out = model(input_ids=ids, attention_mask=attn, use_cache=False)
             target = out.logits[rows, ts].argmax(-1)  # [P] SFT's top-1 (same as the lm_head's)
             del out
-            w = parts.lm_head.weight[target].float()  # [P, D] unembedding rows
-            bias = parts.lm_head.bias
-            lm_bias = torch.zeros(len(pos), device=w.device)
-            if bias is not None:
-                lm_bias = bias[target].float()
+            with align_module_device(parts.lm_head):  # onloads an offloaded lm_head
+                w = parts.lm_head.weight[target].float()  # [P, D] unembedding rows
+                bias = parts.lm_head.bias
+                lm_bias = torch.zeros(len(pos), device=w.device)
+                if bias is not None:
+                    lm_bias = bias[target].float()
             # z: the target logit at the lm_head, from the (straight-through) norm output.
             z = (cap.y[rows, ts].float() * w).sum(-1) + lm_bias  # [P]
             # c_t: what the frozen norm and the lm_head add whatever the residual.

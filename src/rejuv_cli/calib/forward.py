@@ -2,12 +2,16 @@
 
 Shared by `rejuv diagnose` (output metrics, unit activity, sharpness) and the data-driven reset
 scorers. Models load with transformers on the chosen device: bfloat16 on CUDA, float32 on CPU
-(CPU bfloat16 matmuls are slow and lose precision for the statistics).
+(CPU bfloat16 matmuls are slow and lose precision for the statistics). What does not fit in
+the memory budget is offloaded by accelerate (`load_model`), and backward passes refetch
+offloaded weights (`refetch_offloaded_weights`), so memory stays bounded by a few modules.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,25 +28,144 @@ def model_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(path: Path, label: str, device: torch.device):
-    """A transformers causal LM from a local checkpoint directory, in eval mode on `device`."""
+def _release_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the OS instead of caching them.
+
+    glibc raises its mmap threshold each time a large block is freed, after which blocks up to
+    32 MB come from arenas that keep freed memory. Forward passes allocate and free many such
+    blocks (activations; offloaded layers' weights, onloaded one module at a time), and the
+    process kept ~1.3 GB it no longer used on the 301M bench pair with 89% offloaded. A fixed
+    1 MiB threshold stops that (peak anonymous memory 1.79 -> 0.55 GB there). No-op elsewhere.
+    """
+    import contextlib
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = -3
+
+
+def load_model(path: Path, label: str, device: torch.device, max_memory: int | None = None):
+    """A transformers causal LM from a local checkpoint directory, in eval mode on `device`.
+
+    Weights are placed by accelerate (`device_map`): on `device` up to `max_memory` bytes
+    (default: what accelerate finds free there), then, on CUDA, in host memory, and the rest
+    offloaded to disk in a temporary folder that lives as long as the model. Offloaded layers
+    are brought to the device one module at a time during each forward pass, so a model larger
+    than the device still runs, slower. `offloaded_share` says how much was offloaded.
+    """
+    import tempfile
+
+    from accelerate.utils import get_max_memory
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     # transformers' own progress bars and notices would interleave with ours on stderr.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    # On CUDA, accelerate's device_map="auto" fills the GPU first and keeps what does not fit
-    # in host memory, so a model larger than the GPU still runs (slower). On CPU: plain load.
-    kwargs = {"device_map": "auto"} if device.type == "cuda" else {}
+    # accelerate logs its own one-line offload notice; `offload_note` says it with figures.
+    logging.getLogger("accelerate.big_modeling").setLevel(logging.ERROR)
+    _release_freed_memory()
+    free = get_max_memory()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        budget = {index: max_memory if max_memory is not None else free[index], "cpu": free["cpu"]}
+    else:
+        budget = {"cpu": max_memory if max_memory is not None else free["cpu"]}
+    offload_dir = tempfile.TemporaryDirectory(prefix="rejuv-offload-")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(device), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=model_dtype(device), device_map="auto", max_memory=budget,
+            offload_folder=offload_dir.name,
+        )  # fmt: skip
     except Exception as e:  # transformers raises many types; all mean "cannot load this"
+        offload_dir.cleanup()
         raise CheckpointError(
             f"{label} {path}: transformers cannot load it for forward passes ({first_line(e)}); "
             "run with --weights-only for the weight-space report"
         ) from None
-    return (model if kwargs else model.to(device)).eval()
+    model._rejuv_offload_dir = offload_dir  # removed from disk when the model is freed
+    return model.eval()
+
+
+def offloaded_share(model) -> float:
+    """Share of the model's parameter bytes that accelerate offloaded (kept on the meta device
+    between forward passes), 0.0 when everything is resident on the device."""
+    total = offloaded = 0
+    for p in model.parameters():
+        size = p.numel() * p.element_size()
+        total += size
+        offloaded += size if p.device.type == "meta" else 0
+    return offloaded / max(total, 1)
+
+
+@contextmanager
+def refetch_offloaded_weights(model):
+    """Inside: a forward pass with autograd saves each offloaded module's weights as a
+    reference, refetched from accelerate's offload store when backward needs them.
+
+    Without it, every weight a backward needs (a linear layer's, for the gradient of its
+    input) stays alive from the forward until the backward is done, so the whole model would
+    be on the device at once and offloading would not bound memory. Saved tensors are matched
+    to the running module's own parameters by storage (views such as a transpose included);
+    everything else is saved as usual. A no-op for models with nothing offloaded.
+    """
+    offloaded = [m for m in model.modules()
+                 if getattr(getattr(m, "_hf_hook", None), "offload", False)]  # fmt: skip
+    if not offloaded:
+        yield
+        return
+    running: list = []  # modules whose forward is in progress, innermost last
+
+    def enter(module, _args) -> None:
+        running.append(module)
+
+    def leave(_module, _args, _output) -> None:  # returns None: the output is left as is
+        running.pop()
+
+    handles = []
+    for module in offloaded:
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+
+    def pack(t: torch.Tensor):
+        if running and t.device.type != "meta":
+            module = running[-1]
+            storage = t.untyped_storage().data_ptr()
+            for name, p in module.named_parameters(recurse=False):
+                # Ops often save a view of the weight (linear: its transpose), so match the
+                # storage and keep the view's geometry relative to the parameter.
+                if p.is_contiguous() and p.untyped_storage().data_ptr() == storage:
+                    view = (t.size(), t.stride(), t.storage_offset() - p.storage_offset())
+                    return (module, name, t.device, t.dtype, view)
+        return t
+
+    def unpack(saved):
+        if not isinstance(saved, tuple):
+            return saved
+        module, name, device, dtype, (size, stride, offset) = saved
+        fresh = module._hf_hook.weights_map[name].to(device=device, dtype=dtype).contiguous()
+        return fresh.as_strided(size, stride, fresh.storage_offset() + offset)
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def offload_note(label: str, model, device: torch.device) -> str | None:
+    """A warning line for an offloaded model, None when it is fully resident."""
+    share = offloaded_share(model)
+    if share == 0:
+        return None
+    where = "host memory and disk" if device.type == "cuda" else "disk"
+    return (f"{label}: {share:.0%} of the weights do not fit in the {device.type} memory budget "
+            f"and are offloaded to {where}; forward passes are slower (raise --max-memory or "
+            "free memory to avoid it)")  # fmt: skip
 
 
 def load_tokenizer(path: Path, label: str):
@@ -55,6 +178,18 @@ def load_tokenizer(path: Path, label: str):
             f"{label} {path}: no usable tokenizer ({first_line(e)}); the calibration data is "
             "tokenized with the SFT model's tokenizer (or use --weights-only)"
         ) from None
+
+
+def config_vocab(path: Path, label: str) -> int:
+    """The vocabulary size a checkpoint's config declares (its output embedding's rows), read
+    without loading weights."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(path).get_text_config().vocab_size)
+    except Exception as e:
+        raise CheckpointError(f"{label} {path}: config.json has no usable vocab_size "
+                              f"({first_line(e)})") from None  # fmt: skip
 
 
 def shared_vocab(models: dict) -> tuple[int, str | None]:
@@ -235,12 +370,20 @@ def record_activity(
     model, calib: Calibration, sites: list[Site], device, on_batch: Callable[[], None] | None = None
 ) -> ActivityRecorder:
     """One forward pass over the calibration batches with activity hooks (no logits kept)."""
+    import inspect
+
     recorder = ActivityRecorder(model, sites, device)
+    # Only the hooks' activations are wanted: skip the [B, T, vocab] logits where the model
+    # allows (half a GB per 4096-token batch at a 32k vocabulary in float32).
+    skip_logits = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        skip_logits = {"logits_to_keep": 1}
     try:
         with torch.inference_mode():
             for ids, attn, _ in calib.batches:
                 recorder.token_mask = attn.to(device).bool()
-                model(input_ids=ids.to(device), attention_mask=attn.to(device))
+                model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False,
+                      **skip_logits)  # fmt: skip
                 if on_batch is not None:
                     on_batch()
     finally:

@@ -19,8 +19,9 @@ class _Run:
     """What every data scorer needs before its own pass: BASE norms for protection (one
     streaming BASE pass), the calibration batches, and the SFT model."""
 
-    def __init__(self, layout, base, sft, device, on_bytes, settings):
-        from rejuv_cli.calib.forward import load_model, prepare_calibration
+    def __init__(self, layout, base, sft, device, on_bytes, settings, max_memory, load=True,
+                 batch_tokens=None):  # fmt: skip
+        from rejuv_cli.calib.forward import prepare_calibration
         from rejuv_cli.scoring import gather, stream_norms
 
         self.t0 = time.perf_counter()
@@ -28,8 +29,19 @@ class _Run:
         self.norms = stream_norms(base, None, layout.tensor_axes(), device, on_bytes)
         self.base_norm_sq = [b_in + b_out for b_in, b_out in gather(layout, self.norms, "base_sq")]
         self.calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
-                                         sft.root, device)  # fmt: skip
-        self.model = load_model(sft.root, "SFT", device)
+                                         sft.root, device, batch_tokens)  # fmt: skip
+        self.device, self.max_memory = device, max_memory
+        self.model = self.load(sft.root, "SFT") if load else None
+
+    def load(self, path, label: str):
+        """A model for forward passes; an offload warning joins the scorer's warnings."""
+        from rejuv_cli.calib.forward import load_model, offload_note
+
+        model = load_model(path, label, self.device, self.max_memory)
+        note = offload_note(label, model, self.device)
+        if note:
+            self.calib.warnings.append(note)
+        return model
 
     def result(self, by_key: dict, not_measured: list[str], **info):
         """UnitScores in layout order; units of modules that were not measured get NaN, which
@@ -45,10 +57,10 @@ class _Run:
         return UnitScores(scores, self.base_norm_sq, self.norms, seconds, info)
 
 
-def _activity_scores(kind: str, layout, base, sft, device, on_bytes=None, settings=None):
+def _activity_scores(kind: str, layout, base, sft, device, on_bytes, settings, max_memory):
     from rejuv_cli.calib.forward import activation_sites, record_activity
 
-    run = _Run(layout, base, sft, device, on_bytes, settings)
+    run = _Run(layout, base, sft, device, on_bytes, settings, max_memory)
     recorder = record_activity(run.model, run.calib, activation_sites(layout), device)
     by_key = {}
     for key, stats in recorder.stats.items():
@@ -58,32 +70,40 @@ def _activity_scores(kind: str, layout, base, sft, device, on_bytes=None, settin
     return run.result(by_key, recorder.missing)
 
 
-def score_dormant(layout, base, sft, device, on_bytes=None, settings=None):
+def score_dormant(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
     """ReDo scores of the SFT model, lowest (most dormant) first."""
-    return _activity_scores("dormant", layout, base, sft, device, on_bytes, settings)
+    return _activity_scores("dormant", layout, base, sft, device, on_bytes, settings, max_memory)
 
 
-def score_saturated(layout, base, sft, device, on_bytes=None, settings=None):
+def score_saturated(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
     """Always-on units: relative mean activity / (CV + ε), highest first."""
-    return _activity_scores("saturated", layout, base, sft, device, on_bytes, settings)
+    return _activity_scores("saturated", layout, base, sft, device, on_bytes, settings,
+                            max_memory)  # fmt: skip
 
 
-def score_attribution(layout, base, sft, device, on_bytes=None, settings=None):
+def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
     """The paper's scorer: units' contributions to SFT's top-1 logit at the response positions
     where SFT's and BASE's next-token entropies differ most (METHOD.md section 3)."""
     from rejuv_cli.calib.attribution import (
+        BATCH_TOKENS,
         attribution_scores,
-        entropy_gaps,
+        gaps_from,
+        response_entropies,
         select_positions,
         target_positions,
     )
-    from rejuv_cli.calib.forward import activation_sites, load_model
+    from rejuv_cli.calib.forward import activation_sites, config_vocab
 
-    run = _Run(layout, base, sft, device, on_bytes, settings)
+    run = _Run(layout, base, sft, device, on_bytes, settings, max_memory, load=False,
+               batch_tokens=BATCH_TOKENS)  # fmt: skip
     batches = run.calib.batches
-    base_model = load_model(base.root, "BASE", device)
-    gaps = entropy_gaps(base_model, run.model, batches, device)
-    del base_model  # only the entropies were needed from BASE
+    # BASE and SFT run one after the other, so only one model is loaded at any time.
+    vocab = min(config_vocab(base.root, "BASE"), config_vocab(sft.root, "SFT"))
+    base_model = run.load(base.root, "BASE")
+    base_entropies = response_entropies(base_model, batches, device, vocab)
+    del base_model  # only its entropies are needed
+    run.model = run.load(sft.root, "SFT")
+    gaps = gaps_from(base_entropies, response_entropies(run.model, batches, device, vocab), batches)
     positions = select_positions(gaps, masks=[target_positions(b) for b in batches])
     result = attribution_scores(run.model, batches, positions, activation_sites(layout), device)
     return run.result(result.scores, result.missing, positions=result.positions,

@@ -30,6 +30,31 @@ OutOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
 ]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Forward passes: memory for model weights on the device (GPU memory, or RAM on "
+        "CPU), e.g. 20GB; weights beyond it are offloaded (to RAM, then disk) and run slower "
+        "[default: what is free].",
+        show_default=False,
+    ),
+]
+
+
+def parse_max_memory(text: str | None) -> int | None:
+    """--max-memory in bytes (None: not given); a bad size is a usage error."""
+    from rejuv_cli.checkpoint.writer import parse_size
+    from rejuv_cli.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise UsageError(f"--max-memory: {e}") from None
+
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error (one line on stderr; REJUV_DEBUG=1 shows the traceback), "

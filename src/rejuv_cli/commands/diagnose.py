@@ -11,8 +11,10 @@ import typer
 
 from rejuv_cli.commands.common import (
     DeviceOption,
+    MaxMemoryOption,
     QuietFlag,
     guarded,
+    parse_max_memory,
     progress_bars,
     stderr_console,
 )
@@ -68,6 +70,7 @@ def diagnose_command(
         "--rank", help="Also stable and effective rank of Δ per layer matrix (SVD; slow)."
     )] = False,
     device: DeviceOption = "auto",
+    max_memory: MaxMemoryOption = None,
     json_out: Annotated[str | None, _opt(
         "--json", metavar="FILE|-", show_default=False,
         help="Write the report as JSON to FILE, or to stdout with -.")] = None,
@@ -92,13 +95,16 @@ def diagnose_command(
     from rejuv_cli.report.gates import describe, evaluate, parse_gate
 
     gates = [parse_gate(text) for text in fail_on or []]
+    memory = parse_max_memory(max_memory)
+    if memory is not None and weights_only:
+        raise UsageError("--max-memory: --weights-only runs no forward passes (it streams)")
     _check_gates(gates, weights_only, candidate)
     _check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
     _check_writable(html_out, "--html")
     to_stdout = json_out == "-"
     console = stderr_console(quiet)
     job = DiagnoseJob(base, sft, candidate, calib, samples, max_tokens, weights_only, rank,
-                      device, batch_tokens, sharpness_draws, sharpness_sigma)  # fmt: skip
+                      device, batch_tokens, sharpness_draws, sharpness_sigma, memory)  # fmt: skip
     show = not (quiet or to_stdout) and sys.stderr.isatty()
     with progress_bars(console, show) as progress:
         report = run_diagnose(job, progress)

@@ -14,9 +14,11 @@ import typer
 from rejuv_cli.commands.common import (
     DeviceOption,
     JsonFlag,
+    MaxMemoryOption,
     OutOption,
     QuietFlag,
     guarded,
+    parse_max_memory,
     print_json,
     progress_bars,
     stderr_console,
@@ -225,6 +227,7 @@ def fuse_command(
         ),
     ] = None,
     device: DeviceOption = "auto",
+    max_memory: MaxMemoryOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
     ] = False,
@@ -248,13 +251,14 @@ def fuse_command(
         raise UsageError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
     reset_flags = _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask)
     calib_flags = {"calib": calib, "samples": samples, "max_tokens": max_tokens}
+    memory = parse_max_memory(max_memory)
     dtype = dtype.value if dtype is not None else None
     mode = reset_mode.value if reset_mode is not None else None
     loaded = load_recipe(find_recipe(recipe)) if recipe else Recipe(source=None)
     effective = loaded.with_overrides(alpha=alpha, dtype=dtype, shard_size=shard_size)
     effective = effective.with_reset(**reset_flags, mode=mode, omega=omega, noise=noise, seed=seed)
     effective = effective.with_reset(**calib_flags)
-    _check_calib_flags(calib_flags, effective.reset.select, mask)
+    _check_calib_flags(calib_flags | {"max_memory": max_memory}, effective.reset.select, mask)
     if save_mask is not None and mask is None and effective.reset.fraction == 0:
         raise UsageError("--save-mask: there is nothing to save with --reset 0")
     job = FuseJob(
@@ -269,9 +273,11 @@ def fuse_command(
                  reset=reset, select=select, modules=modules, max_per_module=max_per_module,
                  protect=protect, reset_mode=mode, omega=omega, noise=noise, seed=seed,
                  calib=calib, samples=samples, max_tokens=max_tokens,
-                 save_mask=save_mask, mask=mask, device=None if device == "auto" else device),
+                 save_mask=save_mask, mask=mask, device=None if device == "auto" else device,
+                 max_memory=max_memory),
         mask_in=mask,
         mask_out=save_mask,
+        max_memory=memory,
     )  # fmt: skip
     console = stderr_console(quiet=quiet)
     show_progress = not (quiet or json_out) and sys.stderr.isatty()
@@ -303,8 +309,8 @@ def _check_calib_flags(flags: dict, select: str, mask) -> None:
     given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
     if given and (mask is not None or select not in DATA_SCORERS):
         why = "--mask skips scoring" if mask is not None else f"the {select} scorer reads no data"
-        raise UsageError(f"{', '.join(given)}: {why}; these set the calibration data of "
-                         f"--select {'|'.join(DATA_SCORERS)}")  # fmt: skip
+        raise UsageError(f"{', '.join(given)}: {why}; these set the calibration data and "
+                         f"forward passes of --select {'|'.join(DATA_SCORERS)}")  # fmt: skip
 
 
 def _reset_flags(reset, select, modules, max_per_module, protect, mask, save_mask) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from rejuv_cli.calib.forward import (
     activation_sites,
     load_model,
+    offload_note,
+    offloaded_share,
     prepare_calibration,
     shared_vocab,
 )
@@ -39,8 +41,14 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
 
     loaded = progress("loading", len(resolved), "models")
     models = {}
+    # KL needs every model's distribution on the same batch, so all are loaded at once and
+    # share the --max-memory budget.
+    budget = None if job.max_memory is None else job.max_memory // len(resolved)
     for role, m in resolved.items():
-        models[role] = load_model(m.path, role.upper(), device)
+        models[role] = load_model(m.path, role.upper(), device, budget)
+        note = offload_note(role.upper(), models[role], device)
+        if note:
+            warnings.append(note)
         loaded(1)
     vocab, note = shared_vocab(models)
     if note:
@@ -67,7 +75,11 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
             cand["dormant_increase"] = cand["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
     report["output"], report["units"] = output, units
 
-    if job.sharpness_draws > 0:
+    offloaded = [role.upper() for role, model in models.items() if offloaded_share(model) > 0]
+    if job.sharpness_draws > 0 and offloaded:
+        warnings.append(f"sharpness not measured: {', '.join(offloaded)} offloaded (it perturbs "
+                        "weights in place, which needs them resident)")  # fmt: skip
+    elif job.sharpness_draws > 0:
         draws = job.sharpness_draws
         step = progress("sharpness", draws * len(batches) * len(models), "model × batch passes")
         sharp = {}

@@ -40,6 +40,7 @@ class DiagnoseJob:
     batch_tokens: int | None = None
     sharpness_draws: int = 3
     sharpness_sigma: float = 0.02
+    max_memory: int | None = None  # bytes of model weights on the device, shared by the models
 
 
 def _no_progress(label: str, total: int, unit: str):
@@ -141,6 +142,12 @@ def rule_metrics(weights: dict | None, output: dict | None, units: dict | None,
     }
 
 
+def _measured(report: dict, job: DiagnoseJob) -> str:
+    if job.weights_only:
+        return "weights only"
+    return "weights, output, units" + (", sharpness" if report["sharpness"] else "")
+
+
 def verdict_block(report: dict, job: DiagnoseJob) -> dict:
     output, units, sharp = report["output"], report["units"], report["sharpness"] or {}
     label, reasons = V.judge(rule_metrics(report["weights"], output, units, sharp.get("ratio")))
@@ -149,7 +156,7 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
         "heuristic": True,
         "reasons": reasons,
         "suggested_command": V.suggested_command(label, job.base, job.sft),
-        "measured": "weights only" if job.weights_only else "weights, output, units, sharpness",
+        "measured": _measured(report, job),
         "candidate": None,
     }
     if job.candidate:
