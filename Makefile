@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all test-browser lint format demo bench clean
+.PHONY: install test test-all test-browser lint format demo bench handoff clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,22 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-demo: $(STAMP)  ## build a tiny local model pair (no network) and fuse it
-	$(BIN)/python bench/make_pair.py --preset demo --out .demo
-	$(BIN)/rejuv fuse .demo/base .demo/sft --out .demo/fused --overwrite --recipe recipes/paper.yaml
+DEMO := bench/handoff/demo
+
+demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint and diagnose before/after
+	$(BIN)/rejuv fuse $(DEMO)/base $(DEMO)/sft --out .demo/fused --overwrite --alpha 0.5
+	$(BIN)/rejuv diagnose $(DEMO)/base $(DEMO)/sft --candidate .demo/fused \
+		--calib $(DEMO)/calib.jsonl --samples 128
 
 bench: $(STAMP)  ## fuse vs I/O floor vs naive transformers script, ~300M params
 	$(BIN)/python bench/fuse_bench.py
 
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+handoff: $(VENV)/.bench  ## toy SFT->RL experiment, ~20 min on 2 CPU cores -> bench/handoff/results/
+	$(BIN)/python bench/handoff/run.py
+
 clean:
-	rm -rf .demo .bench build dist src/*.egg-info
+	rm -rf .demo .bench .handoff build dist src/*.egg-info

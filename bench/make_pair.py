@@ -1,4 +1,4 @@
-"""Build a synthetic BASE/SFT Llama pair for the demo and the fuse benchmark (no network).
+"""Build a synthetic BASE/SFT Llama pair for quick trials and the fuse benchmark (no network).
 
     python bench/make_pair.py --preset demo  --out .demo         # ~0.1M params, a few seconds
     python bench/make_pair.py --preset bench --out .bench/pair   # ~301.5M params bf16, ~20 s

@@ -1,0 +1,107 @@
+"""The handoff experiment's building blocks (bench/handoff): task, tokenizer, SFT batches, and
+the GRPO update. The experiment itself is `make handoff`; these check its parts are right."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "handoff"))
+
+import grpo  # noqa: E402
+import task  # noqa: E402
+import train  # noqa: E402
+
+from rejuv_cli.calib.data import Example  # noqa: E402
+from rejuv_cli.calib.encode import encode  # noqa: E402
+
+
+def test_problem_text_and_reward():
+    p = task.Problem((23, 4, 5))
+    assert (p.prompt, p.worked, p.answer) == ("23+4+5=", "27+5=32", 32)
+    assert task.reward(p, "27+5=32") == 1.0
+    assert task.reward(p, "32") == 1.0  # the format is not graded, only the final number
+    assert task.reward(p, "27+5=31") == 0.0
+    assert task.reward(p, "27+5=") == 0.0
+    assert task.reward(p, "") == 0.0
+
+
+def test_problem_sets_are_distinct_and_reproducible():
+    train_set = task.problems(1, 256)
+    assert len(set(train_set)) == 256 and train_set == task.problems(1, 256)
+    test = task.problems(2, 256, set(train_set))
+    assert not set(test) & set(train_set)
+    rng = random.Random(0)
+    for _ in range(200):
+        line = task.pretrain_line(rng)
+        left, right = line.split("=")
+        assert eval(left) == int(right)  # noqa: S307 - digits and +/- only
+
+
+def test_chat_template_marks_the_response_for_rejuv_diagnose():
+    """rejuv's calibration encoder must see "<s>prompt" as context and "response</s>" as the
+    targets, exactly the tokens SFT trained on."""
+    tok = task.make_tokenizer()
+    p = task.Problem((23, 4, 5))
+    ex = Example([{"role": "user", "content": p.prompt},
+                  {"role": "assistant", "content": p.worked}], "t:1")  # fmt: skip
+    (enc,), warnings = encode([ex], tok, 64)
+    assert not warnings
+    ids, _, labels = train.encode_batch(tok, [p.prompt], [p.worked])
+    assert enc.input_ids == ids[0].tolist()
+    assert enc.response == (labels[0] != -100).tolist()
+    assert tok.decode(enc.input_ids) == "<s>23+4+5=27+5=32</s>"
+
+
+def test_generate_stops_at_eos_and_masks_after_it():
+    class Scripted(torch.nn.Module):
+        """Emits 3, 4, </s>, then 5 forever, whatever the input."""
+
+        def forward(self, input_ids):
+            step = input_ids.shape[1] - 2
+            nxt = [3, 4, 2][step] if step < 3 else 5
+            logits = torch.full((*input_ids.shape, 17), -1e9)
+            logits[:, -1, nxt] = 0
+            return type("Out", (), {"logits": logits})()
+
+    tokens, mask = grpo.generate(Scripted(), torch.ones(2, 2, dtype=torch.long), 2, True, None)
+    assert tokens[0].tolist() == [3, 4, 2] and mask[0].tolist() == [True, True, True]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("handoff") / "base"
+    train.pretrain(out, steps=2, seed=0, batch=8)
+    return out
+
+
+def test_grpo_leaves_weights_alone_when_every_group_has_zero_variance(tiny_checkpoint):
+    """An untrained model never answers right: every group's rewards are all 0, so every
+    advantage is 0 and the update must not move a single weight (Adam with zero gradients)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    before = [p.detach().clone() for p in model.parameters()]
+    test = task.problems(2, 16)
+    settings = grpo.GRPOSettings(steps=2, prompts=4, group=4, early=2)
+    captured = {}
+    original = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        captured["params"] = [p for g in self.param_groups for p in g["params"]]
+        return original(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        result = grpo.run(tiny_checkpoint, 0, settings, test, set())
+    finally:
+        torch.optim.Adam.step = original
+    assert result["pre"] == result["post"] == 0.0
+    assert result["zero_variance_early"] == 1.0
+    after = captured["params"]
+    assert len(after) == len(before)
+    assert all(torch.equal(b, a.detach()) for b, a in zip(before, after, strict=True))
