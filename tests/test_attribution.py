@@ -12,13 +12,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rejuv_cli.calib.attribution import (
     attribution_scores,
-    entropy_gaps,
+    gaps_from,
+    response_entropies,
     select_positions,
     target_positions,
 )
 from rejuv_cli.calib.data import load_examples
 from rejuv_cli.calib.encode import batches, encode, pad_id_of
-from rejuv_cli.calib.forward import activation_sites, response_logits
+from rejuv_cli.calib.forward import activation_sites, response_logits, shared_vocab
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.ops.tokens import log_probs, token_stats
 from rejuv_cli.plan import build_plan
@@ -56,6 +57,13 @@ def all_targets(bs, per_row=None):
             pos = [p for p in pos if sum(q[0] == p[0] and q[1] <= p[1] for q in pos) <= per_row]
         out.append(pos)
     return out
+
+
+def entropy_gaps(base, sft, bs, device):
+    """|H_sft − H_base| per batch, the two models run one after the other as the scorer does."""
+    vocab = shared_vocab({"base": base, "sft": sft})[0]
+    per_model = [response_entropies(m, bs, device, vocab) for m in (base, sft)]
+    return gaps_from(*per_model, bs)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from task import Problem, make_tokenizer, problems, reward, sample_problem
+from task import Problem, make_tokenizer, reward, sample_problem
 
 MAX_NEW = 8  # a worked answer "38+9=47" is 7 characters, + </s>
 
@@ -127,7 +127,3 @@ def run(checkpoint: Path, seed: int, settings: GRPOSettings, test: list[Problem]
     return {"seed": seed, "pre": pre, "post": post, "gain": post - pre,
             "zero_variance_early": sum(early) / len(early), "train_reward": rewards,
             "seconds": time.perf_counter() - t0}  # fmt: skip
-
-
-def test_set(seed: int, n: int, exclude: set[Problem]) -> list[Problem]:
-    return problems(seed, n, exclude)

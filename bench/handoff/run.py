@@ -53,11 +53,8 @@ def _grpo_job(job) -> dict:
 
     torch.set_num_threads(1)  # two workers on two cores
     from grpo import GRPOSettings, run
-    from task import problems
 
-    name, path, seed, steps, n_test = job
-    sft_set = set(problems(SEEDS["sft"], SFT_EXAMPLES))
-    test = problems(SEEDS["test"], n_test, sft_set)
+    name, path, seed, steps, test, sft_set = job
     result = run(Path(path), seed, GRPOSettings(steps=steps), test, sft_set)
     return {"checkpoint": name, **result}
 
@@ -135,7 +132,8 @@ def main() -> None:
                       "drift": report["weights"]["overall"]["rel_drift"]}  # fmt: skip
     log["diagnose"] = diag
 
-    jobs = [(name, str(path), seed, cfg["grpo_steps"], cfg["test"])
+    test = problems(SEEDS["test"], cfg["test"], sft_set)  # held out from SFT and RL
+    jobs = [(name, str(path), seed, cfg["grpo_steps"], test, sft_set)
             for name, path in checkpoints.items() for seed in range(cfg["seeds"])]  # fmt: skip
     print(f"[5/5] GRPO: {len(jobs)} runs of {cfg['grpo_steps']} steps, "
           f"{args.workers} workers", flush=True)  # fmt: skip

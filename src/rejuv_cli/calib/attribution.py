@@ -1,9 +1,10 @@
 """The `attribution` reset scorer (METHOD.md section 3): per-unit contributions to the target logit.
 
-Pipeline: `entropy_gaps` teacher-forces BASE and SFT and measures |H_sft(t) − H_base(t)| at every
-response target position; `select_positions` keeps the positions where the two disagree most;
-`attribution_scores` runs SFT once per batch with gradients and splits the target logit (SFT's
-top-1 token at each selected position) into per-unit contributions.
+Pipeline: `response_entropies` teacher-forces BASE, then SFT, and `gaps_from` gives
+|H_sft(t) − H_base(t)| at every response target position; `select_positions` keeps the
+positions where the two disagree most; `attribution_scores` runs SFT once per batch with
+gradients and splits the target logit (SFT's top-1 token at each selected position) into
+per-unit contributions.
 
 Linearisation. The final norm's per-position scale (1/rms for RMSNorm, 1/std for LayerNorm) is
 frozen at its actual value, so the target logit z_t is linear in the final residual h_t:
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rejuv_cli.calib.forward import Batch, Site, refetch_offloaded_weights, shared_vocab
+from rejuv_cli.calib.forward import Batch, Site, refetch_offloaded_weights
 from rejuv_cli.ops.tokens import block_rows, entropy, log_probs
 
 # Tokens per batch (padding included). The backward pass keeps every layer's activations for
@@ -125,23 +126,6 @@ def gaps_from(base: list[torch.Tensor], sft: list[torch.Tensor], batches: list[B
     return gaps
 
 
-def entropy_gaps(
-    base_model,
-    sft_model,
-    batches: list[Batch],
-    device: torch.device,
-    vocab_limit: int | None = None,
-) -> list[torch.Tensor]:
-    """`gaps_from` two loaded models. When the vocabularies differ the entropies are taken over
-    the first `vocab_limit` tokens (default: the smaller output embedding), renormalised, as
-    the output-space diagnostics do. (`score_attribution` runs the two models one after the
-    other instead, so only one is loaded at a time.)"""
-    if vocab_limit is None:
-        vocab_limit = shared_vocab({"base": base_model, "sft": sft_model})[0]
-    base = response_entropies(base_model, batches, device, vocab_limit)
-    return gaps_from(base, response_entropies(sft_model, batches, device, vocab_limit), batches)
-
-
 def select_positions(
     gaps: list[torch.Tensor],
     top_share: float = 0.05,
@@ -150,7 +134,7 @@ def select_positions(
 ) -> list[list[tuple[int, int]]]:
     """The positions to attribute: per batch, a sorted list of (row, t).
 
-    gaps: per batch [B, T] (from `entropy_gaps`); masks: per batch [B, T] bool, the response
+    gaps: per batch [B, T] (from `gaps_from`); masks: per batch [B, T] bool, the response
     target positions (`target_positions`); without masks, positions with gap > 0 count.
     k = ceil(top_share × all response target positions) positions are taken greedily in
     decreasing gap order, skipping an example (a batch row) once it holds `max_per_example`,

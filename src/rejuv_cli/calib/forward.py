@@ -47,14 +47,16 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = -3
 
 
-def load_model(path: Path, label: str, device: torch.device, max_memory: int | None = None):
+def load_model(path: Path, label: str, device: torch.device, max_memory: int | None = None,
+               warnings: list[str] | None = None):  # fmt: skip
     """A transformers causal LM from a local checkpoint directory, in eval mode on `device`.
 
     Weights are placed by accelerate (`device_map`): on `device` up to `max_memory` bytes
     (default: what accelerate finds free there), then, on CUDA, in host memory, and the rest
     offloaded to disk in a temporary folder that lives as long as the model. Offloaded layers
     are brought to the device one module at a time during each forward pass, so a model larger
-    than the device still runs, slower. `offloaded_share` says how much was offloaded.
+    than the device still runs, slower. `offloaded_share` says how much was offloaded, and
+    `offload_note` is appended to `warnings` when anything was.
     """
     import tempfile
 
@@ -87,6 +89,9 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
             "run with --weights-only for the weight-space report"
         ) from None
     model._rejuv_offload_dir = offload_dir  # removed from disk when the model is freed
+    note = offload_note(label, model, device)
+    if note and warnings is not None:
+        warnings.append(note)
     return model.eval()
 
 

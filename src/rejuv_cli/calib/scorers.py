@@ -35,13 +35,9 @@ class _Run:
 
     def load(self, path, label: str):
         """A model for forward passes; an offload warning joins the scorer's warnings."""
-        from rejuv_cli.calib.forward import load_model, offload_note
+        from rejuv_cli.calib.forward import load_model
 
-        model = load_model(path, label, self.device, self.max_memory)
-        note = offload_note(label, model, self.device)
-        if note:
-            self.calib.warnings.append(note)
-        return model
+        return load_model(path, label, self.device, self.max_memory, self.calib.warnings)
 
     def result(self, by_key: dict, not_measured: list[str], **info):
         """UnitScores in layout order; units of modules that were not measured get NaN, which

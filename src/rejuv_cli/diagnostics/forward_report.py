@@ -9,7 +9,6 @@ from __future__ import annotations
 from rejuv_cli.calib.forward import (
     activation_sites,
     load_model,
-    offload_note,
     offloaded_share,
     prepare_calibration,
     shared_vocab,
@@ -45,10 +44,7 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
     # share the --max-memory budget.
     budget = None if job.max_memory is None else job.max_memory // len(resolved)
     for role, m in resolved.items():
-        models[role] = load_model(m.path, role.upper(), device, budget)
-        note = offload_note(role.upper(), models[role], device)
-        if note:
-            warnings.append(note)
+        models[role] = load_model(m.path, role.upper(), device, budget, warnings)
         loaded(1)
     vocab, note = shared_vocab(models)
     if note:
