@@ -30,6 +30,21 @@ def llama(pairs):
     return pairs["llama"]
 
 
+@pytest.fixture(scope="session")
+def hub_cache(llama, tmp_path_factory):
+    """The llama pair as Hub repos acme/tiny-base and acme/tiny-sft, downloaded into a Hub cache
+    by huggingface_hub itself from a local stand-in for the Hub (tests/hub_cache.py): files in
+    snapshots/<commit>/ are relative links to ../../blobs/<hash>. Read-only: copy to modify.
+    The SFT repo also has files rejuv must not download (consolidated*, original/)."""
+    from hub_cache import FakeHub, HubRepo, build_hub_cache
+
+    skipped = {"consolidated.safetensors": b"not downloaded", "original/params.json": b"{}"}
+    repos = [HubRepo.from_dir("acme/tiny-base", llama[0]),
+             HubRepo.from_dir("acme/tiny-sft", llama[1], extra=skipped)]  # fmt: skip
+    with FakeHub(repos) as hub:
+        yield build_hub_cache(tmp_path_factory.mktemp("hub"), hub)
+
+
 @pytest.fixture
 def llama_copy(llama, tmp_path):
     """A private, writable copy of the llama pair (for tests that corrupt it)."""
@@ -77,3 +92,33 @@ def bits(t: torch.Tensor) -> bytes:
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+def fails(result, code: int, *fragments: str, one_line: bool = False) -> str:
+    """stderr of a CLI run that must exit `code` without a traceback and mention each fragment;
+    with `one_line`, exactly one `rejuv: error:` line, which is returned instead."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    err = result.stderr
+    for fragment in fragments:
+        assert fragment in err, err
+    assert "Traceback" not in err
+    if not one_line:
+        return err
+    lines = [line for line in err.splitlines() if line.startswith("rejuv: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def kill_mlp_unit(src: Path, dst: Path, layer: int = 1, unit: int = 5) -> None:
+    """A copy of llama checkpoint `src` in `dst` with one MLP unit dead: zero gate and up rows."""
+
+    def kill(state):
+        hit = False
+        for proj in ("gate_proj", "up_proj"):
+            name = f"model.layers.{layer}.mlp.{proj}.weight"
+            if name in state:
+                state[name][unit] = 0
+                hit = True
+        return hit
+
+    edit_checkpoint(src, dst, kill)

@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 from conftest import read_json
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def fake_hub_cache(cache, repo_id, src):
-    """Lay out `src` in the Hub cache format: refs/main -> snapshots/<commit>/files."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    shutil.copytree(src, repo / "snapshots" / COMMIT)
 
 
 def rejuv(*args, env):
@@ -31,19 +19,20 @@ def rejuv(*args, env):
     )
 
 
-def test_offline_hub_ids_from_the_local_cache(llama, tmp_path):
-    cache = tmp_path / "hub"
-    fake_hub_cache(cache, "acme/tiny-base", llama[0])
-    fake_hub_cache(cache, "acme/tiny-sft", llama[1])
-    env = os.environ | {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+def test_offline_hub_ids_from_the_local_cache(hub_cache, tmp_path):
+    """A cache written by huggingface_hub (files are links to ../../blobs/<hash>), offline."""
+    env = hub_cache.env()
+    commit = hub_cache.commit("acme/tiny-sft")
     out = tmp_path / "o"
-    r = rejuv("fuse", "acme/tiny-base", f"acme/tiny-sft@{COMMIT}", "--out", out, "--quiet", env=env)
+    r = rejuv("fuse", "acme/tiny-base", f"acme/tiny-sft@{commit}", "--out", out, "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     inputs = read_json(out / "rejuv.json")["inputs"]
-    assert inputs["base"]["repo_id"] == "acme/tiny-base" and inputs["base"]["commit"] == COMMIT
-    assert inputs["sft"]["revision"] == COMMIT
+    base_commit = hub_cache.commit("acme/tiny-base")
+    assert inputs["base"]["repo_id"] == "acme/tiny-base" and inputs["base"]["commit"] == base_commit
+    assert inputs["sft"]["revision"] == commit and inputs["sft"]["commit"] == commit
+    assert inputs["sft"]["path"] == str(hub_cache.snapshots["acme/tiny-sft"])
     card = (out / "README.md").read_text()
-    assert "- acme/tiny-base\n- acme/tiny-sft\n" in card and f"commit `{COMMIT}`" in card
+    assert "- acme/tiny-base\n- acme/tiny-sft\n" in card and f"commit `{commit}`" in card
 
     r = rejuv("fuse", "acme/not-cached", "acme/tiny-sft", "--out", tmp_path / "o2", env=env)
     assert r.returncode == 1

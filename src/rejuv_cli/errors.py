@@ -21,6 +21,11 @@ class CheckpointError(RejuvError):
     """A checkpoint directory, index or weight file is missing, unsafe or malformed."""
 
 
+class QuantizedError(CheckpointError):
+    """A checkpoint stores quantized weights (FP8, GPTQ, AWQ, bitsandbytes, ...), which rejuv
+    cannot fuse; the message names the input, the format and how to get unquantized weights."""
+
+
 class ResolveError(RejuvError):
     """A model argument is neither a local directory nor a reachable Hub repository."""
 

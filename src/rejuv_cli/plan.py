@@ -10,11 +10,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from rejuv_cli.checkpoint.dtypes import FLOAT_CODES, USER_DTYPES
+from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES, USER_DTYPES
+from rejuv_cli.checkpoint.quantization import dequantize_hint, detect_quantization
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
 from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout, parse_size, plan_shards
-from rejuv_cli.errors import MismatchError
+from rejuv_cli.errors import MismatchError, QuantizedError
 from rejuv_cli.recipe import Recipe
 
 # model.layers.12.mlp..., transformer.h.3.attn..., gpt_neox.layers.0..., encoder.layer.5...
@@ -33,7 +34,7 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 # What happens to a tensor:
 FUSE = "fuse"  # θ_b + α(θ_s − θ_b) in float32, rounded once
 BASE = "base"  # α = 0: the base values, exactly (cast only if the output dtype differs)
-SFT = "sft"  # α = 1, non-float, or SFT-only: the SFT values, exactly
+SFT = "sft"  # α = 1, non-float (same dtype on both sides), or SFT-only: the SFT values, exactly
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,30 @@ def check_same_architecture(base: Checkpoint, sft: Checkpoint) -> None:
         )
 
 
+def check_not_quantized(*ckpts: Checkpoint) -> None:
+    """QuantizedError naming every quantized input, its format and one example tensor."""
+    found: list[str] = []
+    hints: list[str] = []
+    for ckpt in ckpts:
+        table = {name: (t.dtype, t.shape) for name, t in ckpt.tensors.items()}
+        what = detect_quantization(ckpt.config, table)
+        if what is not None:
+            found.append(f"{ckpt.label} is quantized: {what}")
+            hints += [h for h in [dequantize_hint(what)] if h and h not in hints]
+    if found:
+        how = f" ({'; '.join(hints)})" if hints else ""
+        raise QuantizedError(
+            f"{'; '.join(found)}. rejuv fuses unquantized F16/BF16/F32 weights only: use the "
+            f"release's bf16 weights, or dequantize to bf16 first{how}, and pass that directory "
+            "instead"
+        )
+
+
 def build_plan(
     base: Checkpoint, sft: Checkpoint, recipe: Recipe, alpha_flag: bool = False
 ) -> FusePlan:
     """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
+    check_not_quantized(base, sft)
     check_same_architecture(base, sft)
     depth = n_layers(sft)
     warnings: list[str] = []
@@ -142,7 +163,8 @@ def build_plan(
             tensors.append(TensorPlan(name, SFT, out_dtype, s, note="only in SFT"))
             continue
         used_base.add(b.name)
-        if s.dtype not in FLOAT_CODES or b.dtype not in FLOAT_CODES:
+        _check_dtypes(name, b, s, base, sft)
+        if s.dtype not in FUSABLE_CODES:  # the same non-float dtype on both sides
             tensors.append(TensorPlan(name, SFT, out_dtype, s, b, note="not floating point"))
             continue
         base_rows = _check_shapes(name, b, s, base, sft)
@@ -166,8 +188,27 @@ def build_plan(
     return FusePlan(tensors, shards, warnings, base_only, depth, shard_limit)
 
 
+def _check_dtypes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft: Checkpoint):
+    """Floats (F16/BF16/F32/F64, any mix) fuse; any other dtype must be the same on both sides
+    and is copied. FP8 never gets here (check_not_quantized); refused again, to be sure."""
+    if b.dtype in FUSABLE_CODES and s.dtype in FUSABLE_CODES:
+        return
+    if "F8" in b.dtype or "F8" in s.dtype:
+        raise QuantizedError(
+            f"tensor '{name}' is {b.dtype} in {base.label} and {s.dtype} in {sft.label}: FP8 "
+            "tensors are quantized codes, not weights. Dequantize to bf16 first"
+        )
+    if b.dtype != s.dtype:
+        raise MismatchError(
+            f"tensor '{name}' is {b.dtype} in {base.label} but {s.dtype} in {sft.label}: rejuv "
+            "fuses floating-point tensors (F16/BF16/F32/F64, in any mix) and copies other tensors "
+            "only when both have the same dtype. Is one of them quantized or converted? Re-save "
+            "both as plain bf16/fp32 checkpoints (transformers from_pretrained + save_pretrained)"
+        )
+
+
 def _out_dtype(sft_dtype: str, wanted: str) -> str:
-    if wanted == "auto" or sft_dtype not in FLOAT_CODES:
+    if wanted == "auto" or sft_dtype not in FUSABLE_CODES:
         return sft_dtype
     return USER_DTYPES[wanted]
 

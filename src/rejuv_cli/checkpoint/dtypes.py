@@ -10,6 +10,9 @@ ITEMSIZE = {
 }  # fmt: skip
 
 FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+# The floats rejuv fuses, in any mix. FP8 is quantized storage (codes that need their scale
+# tensors), refused before planning: checkpoint/quantization.py.
+FUSABLE_CODES = frozenset({"F64", "F32", "F16", "BF16"})
 
 # code -> attribute name on the torch module
 TORCH_NAME = {

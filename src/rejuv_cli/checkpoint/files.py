@@ -1,18 +1,12 @@
-"""Everything in the output that is not tensor data: SFT's side files, config, card, provenance,
-and the atomic output directory.
-"""
+"""Everything in the output that is not tensor data: SFT's side files and config."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from rejuv_cli.checkpoint.dtypes import CONFIG_NAME
-from rejuv_cli.errors import OutputError
 
 # Weight files and indexes are rewritten, never copied; README.md becomes our model card.
 _NOT_COPIED_SUFFIXES = (
@@ -30,22 +24,34 @@ _NOT_COPIED_SUFFIXES = (
 _NOT_COPIED_NAMES = {"README.md", "rejuv.json", "config.json"}
 
 
-def copy_side_files(sft_dir: Path, out_dir: Path) -> list[str]:
-    """Copy SFT's tokenizer, chat template, generation config, license, ... (top level only).
+def side_file_paths(sft_dir: Path) -> list[Path]:
+    """SFT's tokenizer, chat template, generation config, license, ... (top level only): the
+    files the output gets a copy of.
 
-    Returns the copied file names. Sub-directories (e.g. `original/` with consolidated
-    weights) are not copied: they are not part of the Hugging Face layout.
+    Sub-directories (e.g. `original/` with consolidated weights) are left out: they are not
+    part of the Hugging Face layout. In a Hub cache the files are links to blobs; a link whose
+    blob is gone is an error (skipping it would silently drop e.g. the tokenizer).
     """
-    copied = []
+    from rejuv_cli.checkpoint.reader import dangling, dangling_link_error
+
+    paths = []
     for path in sorted(sft_dir.iterdir()):
         name = path.name
-        if name.startswith(".") or not path.is_file() or name in _NOT_COPIED_NAMES:
+        if name.startswith(".") or name in _NOT_COPIED_NAMES or name.endswith(_NOT_COPIED_SUFFIXES):
             continue
-        if name.endswith(_NOT_COPIED_SUFFIXES):
-            continue
-        shutil.copyfile(path, out_dir / name)  # follows Hub-cache symlinks to the blob
-        copied.append(name)
-    return copied
+        if dangling(path):
+            raise dangling_link_error(sft_dir, name, "SFT", "file")
+        if path.is_file():
+            paths.append(path)
+    return paths
+
+
+def copy_side_files(sft_dir: Path, out_dir: Path) -> list[str]:
+    """Copy the side files (see side_file_paths) into `out_dir`; returns their names."""
+    paths = side_file_paths(sft_dir)
+    for path in paths:
+        shutil.copyfile(path, out_dir / path.name)  # follows Hub-cache links: a regular file
+    return [path.name for path in paths]
 
 
 def write_config(sft_dir: Path, out_dir: Path, dtype_code: str | None) -> None:
@@ -59,44 +65,3 @@ def write_config(sft_dir: Path, out_dir: Path, dtype_code: str | None) -> None:
     for key in keys:
         config[key] = CONFIG_NAME[dtype_code]
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def check_output_dir(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
-    """Refuse an OUT that exists (without --overwrite) or overlaps an input directory."""
-    real_out = out.resolve()
-    for label, path in inputs.items():
-        real_in = path.resolve()
-        if real_out == real_in or real_out.is_relative_to(real_in):
-            raise OutputError(
-                f"--out {out} is inside {label} ({path}); choose a directory outside it"
-            )
-        if real_in.is_relative_to(real_out):
-            raise OutputError(
-                f"{label} ({path}) is inside --out {out}; writing there would destroy the input"
-            )
-    if out.exists() and not overwrite:
-        raise OutputError(f"--out {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a directory")
-
-
-@contextmanager
-def atomic_output_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out`; on success it replaces `out`, on any error or
-    interrupt it is removed, so a half-written checkpoint never appears at `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.rejuv-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.parent / f".{out.name}.rejuv-old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo, read_header
-from rejuv_cli.errors import CheckpointError
+from rejuv_cli.errors import CheckpointError, RejuvError
 
 ST_INDEX = "model.safetensors.index.json"
 ST_SINGLE = "model.safetensors"
@@ -32,9 +32,8 @@ class Checkpoint:
         self.label = label  # "BASE" / "SFT": used in every message
         self.format = fmt  # "safetensors" | "bin"
         self.tensors = tensors
-        self.config = (
-            _read_json(root / "config.json", label) if (root / "config.json").is_file() else {}
-        )
+        config = _present(root, "config.json", label, "config")
+        self.config = _read_json(root / "config.json", label) if config else {}
         self._fds: dict[Path, int] = {}
         self._bin_tensors: dict[str, object] = {}
 
@@ -44,12 +43,14 @@ class Checkpoint:
         """Find and validate the weight files under `root` (a directory)."""
         if not root.is_dir():
             raise CheckpointError(f"{label} {root} is not a directory")
-        if (root / ST_INDEX).is_file():
+        if _present(root, ST_INDEX, label, "index"):
             return cls(root, label, "safetensors", _open_index(root, label, ST_INDEX))
-        if (root / ST_SINGLE).is_file():
+        if _present(root, ST_SINGLE, label, "weights file"):
             tensors, _ = read_header(root / ST_SINGLE)
             return cls(root, label, "safetensors", tensors)
-        if (root / BIN_INDEX).is_file() or (root / BIN_SINGLE).is_file():
+        if _present(root, BIN_INDEX, label, "index") or _present(
+            root, BIN_SINGLE, label, "weights file"
+        ):
             ckpt = cls(root, label, "bin", {})
             ckpt._open_bin()
             return ckpt
@@ -61,7 +62,7 @@ class Checkpoint:
         )
 
     def _open_bin(self) -> None:
-        if (self.root / BIN_INDEX).is_file():
+        if _present(self.root, BIN_INDEX, self.label, "index"):
             weight_map = _read_weight_map(self.root, self.label, BIN_INDEX)
             files = sorted(set(weight_map.values()))
         else:
@@ -91,18 +92,26 @@ class Checkpoint:
             flat = self._bin_tensors[name].reshape(-1)[start:stop]
             out[:] = flat.contiguous().view(-1).view(_torch_uint8()).numpy()
             return
-        fd = self._fds.get(info.file)
-        if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-        view = memoryview(out).cast("B")
-        pos, offset = 0, info.offset + start * size
-        while pos < len(view):
-            n = os.preadv(fd, [view[pos:]], offset + pos)
-            if n <= 0:
-                raise CheckpointError(
-                    f"{info.file}: unexpected end of file while reading '{name}' (truncated?)"
-                )
-            pos += n
+        try:
+            fd = self._fds.get(info.file)
+            if fd is None:
+                fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+            view = memoryview(out).cast("B")
+            pos, offset = 0, info.offset + start * size
+            while pos < len(view):
+                n = os.preadv(fd, [view[pos:]], offset + pos)
+                if n <= 0:
+                    break
+                pos += n
+        except OSError as e:  # an I/O error on the disk, a network filesystem gone away
+            raise CheckpointError(
+                f"{self.label}: cannot read {info.file} (tensor '{name}'): {e.strerror or e}; "
+                "check the disk or the mount"
+            ) from None
+        if pos < len(view):
+            raise CheckpointError(
+                f"{info.file}: unexpected end of file while reading '{name}' (truncated?)"
+            )
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -145,21 +154,70 @@ def _read_weight_map(root: Path, label: str, index_name: str) -> dict[str, str]:
         raise CheckpointError(
             f"{root / index_name}: 'weight_map' must map tensor names to shard file names"
         )
-    real_root = root.resolve()
+    # Checked lexically, not by resolving links: in a Hub cache every file is a link to
+    # ../../blobs/<hash>, outside the snapshot directory, and must still be read.
     for name, fname in weight_map.items():
-        target = (root / fname).resolve()
-        if Path(fname).is_absolute() or not target.is_relative_to(real_root):
+        if not _inside(fname):
             raise CheckpointError(
                 f"{root / index_name}: tensor '{name}' points to {fname!r}, outside the checkpoint "
                 "directory; refusing to read it. Fix or regenerate the index."
             )
     for fname in sorted(set(weight_map.values())):
-        if not (root / fname).is_file():
+        if not _present(root, fname, label, "shard"):
             raise CheckpointError(
                 f"{label} {root}: shard {fname!r} listed in {index_name} is missing. "
                 "Was the download interrupted?"
             )
     return weight_map
+
+
+def _inside(fname: str) -> bool:
+    """Whether an index's file name stays inside the checkpoint directory, judged on the name
+    alone: relative, no '..' component, no drive, not empty (backslashes are name characters)."""
+    parts = PurePosixPath(fname).parts
+    return (
+        bool(fname.strip())
+        and "\0" not in fname
+        and not PurePosixPath(fname).is_absolute()
+        and not PureWindowsPath(fname).drive
+        and ".." not in parts
+    )
+
+
+def _present(root: Path, name: str, label: str, what: str) -> bool:
+    """Whether root/name is a file (following links). A link whose target is gone (a Hub
+    cache with a missing blob) is an error naming the link and its target, not a missing file."""
+    path = root / name
+    if path.is_file():
+        return True
+    if dangling(path):
+        raise dangling_link_error(root, name, label, what)
+    return False
+
+
+def dangling(path: Path) -> bool:
+    """Whether `path` is a link whose target does not exist."""
+    return path.is_symlink() and not path.exists()
+
+
+def dangling_link_error(
+    root: Path, name: str, label: str, what: str, cls=CheckpointError, subject: str | None = None
+) -> RejuvError:
+    """The error for root/name, a link whose target does not exist. `subject` replaces the
+    message's "LABEL ROOT" prefix; `cls` is the error class (a RejuvError)."""
+    from rejuv_cli.checkpoint.resolve import hub_snapshot_of
+
+    try:
+        target = os.readlink(root / name)
+    except OSError:
+        target = "?"
+    hub = hub_snapshot_of(root)
+    again = f"run `hf download {hub[0]} --revision {hub[1]}`" if hub else "copy or download it"
+    return cls(
+        f"{subject or f'{label} {root}'}: {what} {name!r} is a link to {target!r}, which does "
+        f"not exist (incomplete or pruned Hub download?); {again} again, or pass a complete "
+        "directory"
+    )
 
 
 def _check_listed(root: Path, index_name: str, weight_map: dict, tensors: dict) -> None:

@@ -27,6 +27,7 @@ HUB_PATTERNS = [
 # an original/ folder for other runtimes: skip them rather than download twice the bytes.
 HUB_SKIP = ["consolidated*", "original/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,12 @@ def resolve_model(spec: str, label: str) -> ResolvedModel:
     if path.exists():
         if not path.is_dir():
             raise ResolveError(f"{label} {spec} is a file; pass the checkpoint's directory")
-        return ResolvedModel(spec, path.resolve())
+        # Resolving the directory is safe: in a Hub cache only the files in it are links.
+        real = path.resolve()
+        hub = hub_snapshot_of(real)
+        if hub:  # a snapshot directory given as a path: record where it came from
+            return ResolvedModel(spec, real, repo_id=hub[0], commit=hub[1])
+        return ResolvedModel(spec, real)
     repo_id, _, revision = spec.partition("@")
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local or not _REPO_ID.match(repo_id):
@@ -89,6 +95,9 @@ def _from_hub(spec: str, repo_id: str, revision: str | None, label: str) -> Reso
     except RevisionNotFoundError as e:
         raise ResolveError(f"{label} {spec}: revision {revision!r} not found in {repo_id}") from e
     except LocalEntryNotFoundError as e:
+        snapshot = getattr(e, "snapshot_path", None)  # IncompleteSnapshotError (hub >= 1.x)
+        if snapshot:
+            raise _incomplete(spec, repo_id, Path(snapshot), label, e) from None
         offline = " (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else ""
         raise ResolveError(
             f"{label} {spec}: not in the local Hub cache and the Hub cannot be reached{offline}. "
@@ -98,5 +107,31 @@ def _from_hub(spec: str, repo_id: str, revision: str | None, label: str) -> Reso
         raise ResolveError(f"{label} {spec}: download failed: {e}") from e
     path = Path(local)
     # Snapshots live at .../snapshots/<commit>/: the folder name is the resolved commit.
-    commit = path.name if re.fullmatch(r"[0-9a-f]{40}", path.name) else None
+    commit = path.name if _COMMIT.fullmatch(path.name) else None
     return ResolvedModel(spec, path, repo_id, revision, commit)
+
+
+def hub_snapshot_of(path: Path) -> tuple[str, str] | None:
+    """(repo_id, commit) when `path` is a Hub cache snapshot directory,
+    .../models--{org}--{name}/snapshots/{commit}; else None."""
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not _COMMIT.fullmatch(path.name):
+        return None
+    if not repo.startswith("models--") or len(repo) <= len("models--"):
+        return None
+    return "/".join(repo[len("models--") :].split("--")), path.name
+
+
+def _incomplete(spec: str, repo_id: str, snapshot: Path, label: str, e) -> ResolveError:
+    """huggingface_hub found the snapshot offline but files of it missing: name a link whose
+    blob is gone (the usual cause: an interrupted download or a pruned cache)."""
+    from rejuv_cli.checkpoint.reader import dangling, dangling_link_error
+    from rejuv_cli.errors import first_line
+
+    for link in sorted(snapshot.rglob("*")):
+        if dangling(link):
+            name = link.relative_to(snapshot).as_posix()
+            subject = f"{label} {spec} (cached snapshot {snapshot})"
+            return dangling_link_error(snapshot, name, label, "file", ResolveError, subject)
+    again = f"run `hf download {repo_id} --revision {snapshot.name}` where there is network"
+    return ResolveError(f"{label} {spec}: {first_line(e)} ({again})")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
-from rejuv_cli.errors import CheckpointError
+from rejuv_cli.errors import CheckpointError, QuantizedError
 
 # Larger headers are not produced by any real writer; refuse them before allocating.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -85,6 +85,12 @@ def _tensor_info(path: Path, name: str, entry, data_start: int) -> TensorInfo:
         begin, end = (int(x) for x in entry["data_offsets"])
     except (TypeError, KeyError, ValueError) as e:
         raise _corrupt(path, f"entry for '{name}' is malformed ({e!r})") from e
+    if dtype in QUANTIZED_ONLY_CODES:
+        raise QuantizedError(
+            f"{path}: tensor '{name}' has dtype {dtype}, a sub-byte or scale format used only by "
+            "quantized checkpoints (MXFP4, MXFP8, NVFP4, ...). rejuv fuses unquantized "
+            "F16/BF16/F32 weights only: dequantize to bf16 first, or use the bf16 release"
+        )
     if dtype not in ITEMSIZE:
         raise _corrupt(path, f"tensor '{name}' has unknown dtype {dtype!r}")
     if any(d < 0 for d in shape) or begin < 0 or end < begin:
@@ -96,6 +102,12 @@ def _tensor_info(path: Path, name: str, entry, data_start: int) -> TensorInfo:
             f"tensor '{name}' spans {end - begin} bytes but {dtype}{list(shape)} needs {expected}",
         )
     return TensorInfo(name, dtype, shape, path, data_start + begin, expected)
+
+
+# safetensors dtypes that only quantized formats use; rejuv reads none of them.
+QUANTIZED_ONLY_CODES = frozenset(
+    {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"}
+)
 
 
 def _corrupt(path: Path, why: str) -> CheckpointError:
