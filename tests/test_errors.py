@@ -8,19 +8,10 @@ import struct
 
 import pytest
 import torch
-from conftest import load_dir, run_cli
+from conftest import fails, load_dir, run_cli
 from safetensors.torch import save_file
 
 from rejuv_cli.synth import make_pair
-
-
-def fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    err = result.stderr
-    for fragment in fragments:
-        assert fragment in err, err
-    assert "Traceback" not in err
-    return err
 
 
 def first_shard(d):

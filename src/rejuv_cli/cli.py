@@ -52,10 +52,12 @@ def _root(
 
 
 def _terminate(signum, frame):
-    # CI cancels jobs with SIGTERM: unwind like Ctrl-C so the temporary output is removed.
+    # CI cancels jobs with SIGTERM, a closed terminal or ssh session sends SIGHUP: unwind like
+    # Ctrl-C so the temporary output is removed.
     raise KeyboardInterrupt
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     app()

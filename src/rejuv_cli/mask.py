@@ -8,7 +8,6 @@ the scoring pass; it is checked against the model's units before anything is wri
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rejuv_cli import __version__
+from rejuv_cli.checkpoint.output import write_file
 from rejuv_cli.checkpoint.safetensors_file import read_header
 from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout
 from rejuv_cli.errors import CheckpointError, UsageError
@@ -72,7 +72,8 @@ def select_mask(
 
 
 def save_mask(mask: ResetMask, path: Path) -> None:
-    """Write the mask atomically (temp file + rename): a crash never leaves half a file.
+    """Write the mask atomically (temp file + rename): a crash never leaves half a file,
+    a failed write is one OutputError line.
 
     Written with rejuv's own safetensors writer: its header lists metadata and tensors in a
     fixed order, so the same selection gives the same bytes (the reference writer orders
@@ -88,16 +89,13 @@ def save_mask(mask: ResetMask, path: Path) -> None:
         [OutEntry(k, "BOOL", (v.shape[0],)) for k, v in mask.selected.items()],
         dict(sorted(meta.items())),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(layout.header_bytes())
-            for entry in layout.ordered():
-                f.write(np.ascontiguousarray(mask.selected[entry.name], dtype=np.bool_).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(f) -> None:
+        f.write(layout.header_bytes())
+        for entry in layout.ordered():
+            f.write(np.ascontiguousarray(mask.selected[entry.name], dtype=np.bool_).tobytes())
+
+    write_file(path, write, "--save-mask")
 
 
 def load_mask(path: Path, layout: UnitLayout) -> ResetMask:

@@ -60,7 +60,7 @@ class Prepared:
 
 def prepare_fuse(job: FuseJob) -> Prepared:
     """Resolve and open both checkpoints and plan every tensor; reads headers only."""
-    from rejuv_cli.checkpoint.files import check_output_dir
+    from rejuv_cli.checkpoint.output import check_output_dir
 
     t0 = time.perf_counter()
     base_model = resolve_model(job.base, "BASE")
@@ -188,20 +188,47 @@ def plan_summary(p: Prepared) -> dict:
         ],
         "warnings": plan.warnings,
         "reset": reset_summary(p),
+        "disk": disk_summary(p),
     }
+
+
+def output_bytes_needed(p: Prepared) -> int:
+    """Bytes the output directory will take: shards (headers included), SFT's side files, and
+    a bound for the index, config, model card and rejuv.json (~1 KB per tensor is generous)."""
+    from rejuv_cli.checkpoint.files import side_file_paths
+
+    side = sum(path.stat().st_size for path in side_file_paths(p.sft.root))
+    return sum(s.file_bytes for s in p.plan.shards) + side + 65_536 + 1024 * len(p.plan.tensors)
+
+
+def disk_summary(p: Prepared) -> dict:
+    """Space the output needs and what OUT's filesystem has free (also when OUT is replaced:
+    the previous output is removed only after the new one is complete)."""
+    from rejuv_cli.checkpoint.output import free_bytes
+
+    free, where = free_bytes(p.job.out)
+    needed = output_bytes_needed(p)
+    return {"needed_bytes": needed, "free_bytes": free, "filesystem_of": str(where),
+            "enough": needed <= free}  # fmt: skip
 
 
 def run_fuse(
     p: Prepared,
     on_bytes: Callable[[int], None] | None = None,
     on_score_bytes: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
-    """Write the fused checkpoint atomically at job.out; returns the run summary."""
+    """Write the fused checkpoint atomically at job.out; returns the run summary.
+
+    `say` receives one-line notes (leftovers of killed runs that were cleaned up).
+    """
     from rejuv_cli.checkpoint.card import write_card_and_provenance
-    from rejuv_cli.checkpoint.files import atomic_output_dir, copy_side_files, write_config
+    from rejuv_cli.checkpoint.files import copy_side_files, write_config
+    from rejuv_cli.checkpoint.output import check_free_space, note_to_stderr, output_dir
     from rejuv_cli.checkpoint.writer import write_index
     from rejuv_cli.surgery import Executor, checkpoint_digest, pick_device
 
+    check_free_space(p.job.out, output_bytes_needed(p))  # before a long scoring pass
     device = pick_device(p.job.device)
     t0 = time.perf_counter()
     resets, mask, reset_seconds = None, None, None
@@ -211,7 +238,7 @@ def run_fuse(
         mask, norms, reset_seconds = select_reset(p, device, on_score_bytes)
         shapes = {n: t.shape for n, t in p.sft.tensors.items()}
         resets = tensor_resets(p.layout, mask, p.job.recipe.reset, shapes, norms)
-    with atomic_output_dir(p.job.out) as tmp:
+    with output_dir(p.job.out, p.job.overwrite, say or note_to_stderr) as tmp:
         executor = Executor(p.plan, p.base, p.sft, device, on_bytes, resets, p.job.recipe.reset)
         stats = executor.run(tmp)
         write_index(tmp, p.plan.shards)

@@ -8,6 +8,7 @@ makes the math cost about one extra memory copy (see DESIGN.md, "Math in cache-s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -198,13 +199,16 @@ class Executor:
             for chunk in reader.stream(self._chunks(by_name)):
                 if f is None or f.name != str(out_dir / chunk.shard):
                     if f is not None:
-                        f.close()
+                        _close(f)
                     f = open(out_dir / chunk.shard, "wb")  # noqa: SIM115 - one shard at a time
-                    f.write(self._headers[chunk.shard])
+                    _write(f, self._headers[chunk.shard])
                 self._write_chunk(f, chunk)
-        finally:
             if f is not None:
-                f.close()
+                _close(f)
+        finally:
+            if f is not None and not f.closed:
+                with contextlib.suppress(OSError):  # already failing: keep the first error
+                    f.close()
         for shard in self.plan.shards:  # a shard of only empty tensors has no chunks
             if not (out_dir / shard.filename).exists():
                 (out_dir / shard.filename).write_bytes(self._headers[shard.filename])
@@ -234,7 +238,7 @@ class Executor:
                 f"weights, elements {c.start}..{c.stop - 1}); check the input checkpoints"
             )
         data = out.contiguous().view(torch.uint8)
-        f.write(data.numpy())
+        _write(f, data.numpy())
         self.stats.bytes_written += data.numel()
         self.on_bytes(data.numel())
 
@@ -282,6 +286,22 @@ class Executor:
             if cfg.mode == "reinit":
                 return values.to(out_dtype)
         return reset_values(b, s, alpha, cfg.omega, out_dtype, noise=values)
+
+
+def _write(f, data) -> None:
+    """f.write that names the file in its OSError (a full disk reports no file name)."""
+    try:
+        f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, f.name) from e
+
+
+def _close(f) -> None:
+    """f.close, naming the file: the last buffered bytes are written here and can fail too."""
+    try:
+        f.close()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, f.name) from e
 
 
 def checkpoint_digest(tensor_digests: dict[str, str], ckpt: Checkpoint) -> str:

@@ -118,6 +118,15 @@ def write_index(out_dir: Path, shards: list[ShardLayout]) -> None:
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
+def format_size(n: float) -> str:
+    """1_234_567 -> '1.23 MB' (decimal units, like parse_size and the Hub)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def parse_size(text: str | int) -> int:
     """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, 1024 -> 1024 (HF's convention: GB=1e9)."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -170,25 +170,16 @@ def json_safe(value):
 def _write(report: dict, json_out: str | None, html_out: Path | None) -> None:
     import json
 
+    from rejuv_cli.checkpoint.output import write_file
+
     # `report` is already json_safe (the command makes it so before evaluating gates)
     text = json.dumps(report, indent=2, allow_nan=False, default=str) + "\n"
     if json_out == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
     elif json_out is not None:
-        _write_file(Path(json_out), text, "--json")
+        write_file(Path(json_out), text, "--json")
     if html_out is not None:
         from rejuv_cli.report.html import render_html
 
-        _write_file(html_out, render_html(report), "--html")
-
-
-def _write_file(path: Path, text: str, flag: str) -> None:
-    from rejuv_cli.errors import OutputError
-
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise OutputError(
-            f"{flag} {path}: cannot write ({e.strerror}); check the directory"
-        ) from None
+        write_file(html_out, render_html(report), "--html")

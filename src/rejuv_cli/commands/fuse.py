@@ -285,6 +285,8 @@ def fuse_command(
     try:
         if dry_run:
             summary = plan_summary(prepared) | {"dry_run": True}
+            if not summary["disk"]["enough"]:
+                summary["warnings"] = [_disk_warning(summary["disk"]), *summary["warnings"]]
             if save_mask is not None and prepared.resetting:
                 summary["reset"] = _save_mask_only(prepared, console, show_progress)
             render_warnings(console, summary["warnings"])
@@ -357,13 +359,24 @@ def _save_mask_only(prepared, console, show: bool) -> dict:
 fuse_command = guarded(fuse_command)
 
 
+def _disk_warning(disk: dict) -> str:
+    from rejuv_cli.report.console import human_bytes
+
+    return (f"the output needs {human_bytes(disk['needed_bytes'])} but the filesystem of "
+            f"{disk['filesystem_of']} has {human_bytes(disk['free_bytes'])} free: "
+            "the real run would stop before writing")  # fmt: skip
+
+
 def _run_with_progress(prepared, console, show: bool) -> dict:
     from rejuv_cli.pipeline import run_fuse
+
+    def say(line: str) -> None:
+        console.print(f"note: {line}", markup=False)
 
     with progress_bars(console, show) as progress:
         on_score = progress("scoring", _score_bytes(prepared)) if prepared.resetting else None
         on_bytes = progress("fusing", prepared.plan.out_bytes)
-        return run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score)
+        return run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score, say=say)
 
 
 def _score_bytes(prepared) -> int:

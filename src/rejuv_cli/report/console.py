@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from rejuv_cli.checkpoint.writer import format_size as human_bytes
+
 MAX_WARNINGS = 8
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def render_warnings(console, warnings: list[str]) -> None:
@@ -103,6 +97,9 @@ def _model(m: dict) -> str:
 
 def render_plan(console, summary: dict) -> None:
     t = _table("rejuv fuse --dry-run: plan (nothing written)", summary)
+    d = summary["disk"]
+    t.add_row("disk", f"needs {human_bytes(d['needed_bytes'])}; {human_bytes(d['free_bytes'])} "
+              f"free on the filesystem of {d['filesystem_of']}")  # fmt: skip
     for s in summary["shards"]:
         t.add_row("shard", f"{s['file']}: {s['tensors']} tensors, {human_bytes(s['bytes'])}")
     console.print(t)
