@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all test-browser lint format demo bench handoff clean
+.PHONY: install test test-all test-browser lint format demo bench handoff clean \
+	test-gpu bench-gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,16 @@ demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint and diagno
 
 bench: $(STAMP)  ## fuse vs I/O floor vs naive transformers script, ~300M params
 	$(BIN)/python bench/fuse_bench.py
+
+# GPU checks. No .venv and no install: any $(PYTHON) with torch (CUDA build), transformers,
+# safetensors, accelerate, typer, rich, huggingface_hub, pyyaml, xxhash and pytest runs them
+# from the source tree. Without CUDA they stop at once with one line; DRY_RUN=1 runs the same
+# code with the CPU standing in for the GPU (results go to *-dry-run.* files).
+test-gpu:  ## CUDA vs CPU on the tiny fixtures (~1-2 min) -> bench/results/gpu_tests.txt
+	PYTHONPATH=src DRY_RUN=$(DRY_RUN) $(PYTHON) tests/gpu_helpers.py
+
+bench-gpu:  ## fuse on CUDA vs the I/O floor, ~1.5B-param pair (<4 min) -> bench/results/gpu_bench.md
+	PYTHONPATH=src DRY_RUN=$(DRY_RUN) $(PYTHON) bench/gpu_bench.py $(BENCH_ARGS)
 
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import bits, edit_checkpoint, load_dir, run_cli
+from conftest import bits, edit_checkpoint, kill_mlp_unit, load_dir, run_cli
 from safetensors.torch import load_file
 
 from rejuv_cli.checkpoint.reader import Checkpoint
@@ -36,16 +36,7 @@ def ranked_first(base_dir, sft_dir, scorer: str) -> tuple[str, int]:
 def dead_llama(llama, tmp_path_factory):
     """llama SFT with MLP unit 5 of layer 1 dead: its gate and up rows are zero."""
     dst = tmp_path_factory.mktemp("dead") / "sft"
-
-    def kill(state):
-        hit = False
-        for name in ("model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"):
-            if name in state:
-                state[name][5] = 0
-                hit = True
-        return hit
-
-    edit_checkpoint(llama[1], dst, kill)
+    kill_mlp_unit(llama[1], dst)
     return dst
 
 

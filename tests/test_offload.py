@@ -130,3 +130,24 @@ def test_max_memory_usage_errors(llama, tmp_path, args, message):
     where = ("--out", tmp_path / "o") if command == "fuse" else ()
     r = run_cli(command, *llama, *where, *rest)
     assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_gpu_budget_below_one_block_is_detected(pairs, family):
+    """On CUDA a budget below every block gives accelerate's map {"": "cpu"}, which installs no
+    hooks: the model would stay on the CPU. load_model refuses that with the size needed: the
+    largest decoder block, computed here from the layers themselves."""
+    from rejuv_cli.calib.forward import nothing_on_device
+
+    model = load_model(pairs[family][1], "SFT", CPU)
+    layers = model.model.layers if family == "llama" else model.transformer.h
+    block = max(weight_bytes(layer) for layer in layers)
+    cuda = torch.device("cuda", 0)
+    model.hf_device_map = {"": "cpu"}
+    assert nothing_on_device(model, cuda) == block > 0
+    model.hf_device_map = {"model.embed_tokens": "cpu", "model.layers": "disk"}
+    assert nothing_on_device(model, cuda) == block
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers": "cpu"}
+    assert nothing_on_device(model, cuda) == 0
+    model.hf_device_map = {"": "cpu"}
+    assert nothing_on_device(model, CPU) == 0  # the CPU offloads its overflow to disk

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rejuv_cli.checkpoint.writer import format_size
 from rejuv_cli.errors import CheckpointError, first_line
 from rejuv_cli.ops.activity import ActivityStats
 from rejuv_cli.scoring import UnitLayout
@@ -89,10 +90,40 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
             "run with --weights-only for the weight-space report"
         ) from None
     model._rejuv_offload_dir = offload_dir  # removed from disk when the model is freed
+    unplaced = nothing_on_device(model, device)
+    if unplaced:
+        del model
+        offload_dir.cleanup()
+        raise CheckpointError(
+            f"{label} {path}: --max-memory {format_size(max_memory or 0)} leaves no room on "
+            f"{device} for even one of the model's blocks (the largest needs "
+            f"{format_size(unplaced)}); give --max-memory at least that, or run on the CPU "
+            "with --device cpu"
+        )
     note = offload_note(label, model, device)
     if note and warnings is not None:
         warnings.append(note)
     return model.eval()
+
+
+def nothing_on_device(model, device: torch.device) -> int:
+    """Bytes of the model's largest block when accelerate placed none of it on `device`, else 0.
+
+    On CUDA, a budget smaller than every block makes accelerate's map {"": "cpu"}: a single
+    device, for which no offload hooks are installed, so the model would stay on the CPU and
+    the first forward pass would fail on inputs sent to the GPU. Detected here instead, with
+    the size a budget must reach. The CPU has no such case (its overflow goes to disk, which
+    accelerate always runs through hooks).
+    """
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    if device.type != "cuda" or not placed or placed - {"cpu", "disk"}:
+        return 0
+    blocks = getattr(model, "_no_split_modules", None) or []
+    sizes = [
+        sum(p.numel() * p.element_size() for p in m.parameters())
+        for m in model.modules() if type(m).__name__ in blocks
+    ]  # fmt: skip
+    return max(sizes, default=sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
 def offloaded_share(model) -> float:
