@@ -237,7 +237,9 @@ def test_every_assistant_turn_of_a_tool_dialogue_is_marked():
     tok = tiny_tokenizer()
     examples = [ex for ex in load_examples("builtin:tool_use") if len(ex.messages) >= 7]
     encoded, warnings = encode(examples, tok, 4096)
-    assert warnings == [] and len(encoded) == len(examples) >= 8
+    # the tiny word-level tokenizer knows few of these words: only that warning
+    assert len(warnings) == 1 and "the tokenizer's unknown token '<unk>'" in warnings[0]
+    assert len(encoded) == len(examples) >= 8
     for ex, enc in zip(examples, encoded, strict=True):
         turns = [m["content"] for m in ex.messages if m["role"] == "assistant"]
         assert runs(enc) == [ids(tok, c + "</s>") for c in turns], ex.source

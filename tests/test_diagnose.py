@@ -242,7 +242,13 @@ def test_sharpness_is_seeded_and_restores_the_weights_exactly(llama):
     again = sharpness(model, data, cpu, sigma_rel=0.5, draws=2)
     assert again == first  # same seed, same directions, same numbers
     assert first["loss"] == pytest.approx(mean_nll(model, data, cpu))
-    assert first["value"] == pytest.approx(sum(first["perturbed"]) / 2 - first["loss"])
-    assert first["value"] > 0  # large noise on a trained-or-not model raises the loss
+    # antithetic pairs: each draw is (L(θ+u) + L(θ−u)) / 2 − L(θ); their mean is the value
+    pairs = zip(first["perturbed"], first["mirrored"], strict=True)
+    draws = [(a + b) / 2 - first["loss"] for a, b in pairs]
+    assert first["draw_values"] == pytest.approx(draws)
+    assert first["value"] == pytest.approx(sum(draws) / 2)
+    assert first["stderr"] == pytest.approx(abs(draws[0] - draws[1]) / 2)
+    # (this untrained model's loss is flat to second order: its sign is tested on a trained
+    # pair in test_diagnose_edges.py)
     w = torch.arange(12.0).view(3, 4)
     assert noise_std(w, 0.1) == pytest.approx(0.1 * float(w.norm()) / 12**0.5)

@@ -12,9 +12,10 @@ from rejuv_cli.arch.units import (
     module_instances,
     unaccounted,
 )
+from rejuv_cli.checkpoint.names import check_layers_stored, ties_embeddings
 from rejuv_cli.checkpoint.reader import Checkpoint
-from rejuv_cli.errors import ArchError
-from rejuv_cli.plan import n_layers
+from rejuv_cli.errors import ArchError, CheckpointError
+from rejuv_cli.plan import layer_count, n_layers
 
 
 def inspect_checkpoint(ckpt: Checkpoint) -> dict:
@@ -22,6 +23,11 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
     names = set(ckpt.tensors)
     depth = n_layers(ckpt)
     files = ckpt.weight_files()
+    warnings = list(ckpt.warnings)
+    try:  # shown, not refused: inspect is where one looks at a broken checkpoint
+        warnings += [w for w in [check_layers_stored(ckpt, layer_count(ckpt))] if w]
+    except CheckpointError as e:
+        warnings.append(str(e))
     report = {
         "path": str(ckpt.root),
         "format": ckpt.format,
@@ -34,7 +40,8 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
         "tensor_bytes": ckpt.total_bytes(),
         "disk_bytes": sum(f.stat().st_size for f in files),
         "files": len(files),
-        "tied_embeddings": not any(n.endswith("lm_head.weight") for n in names),
+        "tied_embeddings": ties_embeddings(ckpt),
+        "warnings": warnings,
     }
     try:
         fm = family_map(ckpt.config)

@@ -136,7 +136,9 @@ def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
 
 
 def _int(text: str | None) -> int:
-    return int(text) if text and text.isdigit() else 0
+    # isascii: str.isdigit() also accepts digits int() refuses ("²"); 18 digits fit any count
+    ok = isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 18
+    return int(text) if ok else 0
 
 
 def mask_counts(layout: UnitLayout, mask: ResetMask) -> dict:

@@ -60,12 +60,15 @@ class Prepared:
 
 def prepare_fuse(job: FuseJob) -> Prepared:
     """Resolve and open both checkpoints and plan every tensor; reads headers only."""
-    from rejuv_cli.checkpoint.output import check_output_dir
+    from rejuv_cli.checkpoint.preflight import check_outputs
 
     t0 = time.perf_counter()
+    inputs, outputs = fuse_paths(job)
+    check_outputs(inputs, outputs, job.overwrite)  # before a Hub download, too
     base_model = resolve_model(job.base, "BASE")
     sft_model = resolve_model(job.sft, "SFT")
-    check_output_dir(job.out, {"BASE": base_model.path, "SFT": sft_model.path}, job.overwrite)
+    resolved = {"BASE": base_model.path, "SFT": sft_model.path}
+    check_outputs(inputs | resolved, outputs, job.overwrite)  # Hub ids are now snapshot dirs
     base = Checkpoint.open(base_model.path, "BASE")
     sft = Checkpoint.open(sft_model.path, "SFT")
     if not (sft.root / "config.json").is_file():
@@ -75,6 +78,20 @@ def prepare_fuse(job: FuseJob) -> Prepared:
     plan = build_plan(base, sft, job.recipe, alpha_flag=job.alpha_from_flag)
     layout = _reset_layout(job, sft, plan)
     return Prepared(job, base_model, sft_model, base, sft, plan, time.perf_counter() - t0, layout)
+
+
+def fuse_paths(job: FuseJob) -> tuple[dict, list]:
+    """What `rejuv fuse` reads (label -> path) and writes, for `check_outputs`."""
+    from rejuv_cli.checkpoint.preflight import Output
+
+    calib = job.recipe.reset.calib
+    calib_file = None if calib is None or calib.startswith("builtin:") else calib
+    inputs = {"BASE": job.base, "SFT": job.sft, "--mask": job.mask_in,
+              "--recipe": job.recipe.source, "--calib": calib_file}  # fmt: skip
+    outputs = [Output("--out", job.out, directory=True)]
+    if job.mask_out is not None:
+        outputs.append(Output("--save-mask", job.mask_out))
+    return inputs, outputs
 
 
 def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout | None:

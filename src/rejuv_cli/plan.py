@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES, USER_DTYPES
+from rejuv_cli.checkpoint.names import check_layers_stored, check_same_names, ties_embeddings
 from rejuv_cli.checkpoint.quantization import dequantize_hint, detect_quantization
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
@@ -149,14 +150,18 @@ def build_plan(
 ) -> FusePlan:
     """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
     check_not_quantized(base, sft)
+    warnings: list[str] = base.warnings + sft.warnings  # from opening (unlisted tensors)
+    for ckpt in (base, sft):  # before comparing layer counts: a config may be the wrong one
+        warnings += [w for w in [check_layers_stored(ckpt, layer_count(ckpt))] if w]
     check_same_architecture(base, sft)
+    check_same_names(base, sft)
     depth = n_layers(sft)
-    warnings: list[str] = []
     tensors: list[TensorPlan] = []
     used_base: set[str] = set()
+    tied = ties_embeddings(base)
 
     for name, s in sft.tensors.items():
-        b = base.tensors.get(name) or _tied_counterpart(name, base, s)
+        b = base.tensors.get(name) or (_tied_counterpart(name, base, s) if tied else None)
         out_dtype = _out_dtype(s.dtype, recipe.dtype)
         if b is None:
             warnings.append(f"'{name}' exists only in SFT: copied from SFT")
@@ -214,7 +219,8 @@ def _out_dtype(sft_dtype: str, wanted: str) -> str:
 
 
 def _tied_counterpart(name: str, base: Checkpoint, s: TensorInfo) -> TensorInfo | None:
-    """BASE's input embedding when BASE ties lm_head to it and stores no lm_head of its own."""
+    """BASE's input embedding for SFT's lm_head, when BASE stores no lm_head of its own (called
+    only when BASE is really tied: `ties_embeddings`)."""
     if not name.endswith("lm_head.weight"):
         return None
     for bname, b in base.tensors.items():

@@ -27,18 +27,72 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from rejuv_cli.errors import RecipeError
+from rejuv_cli.errors import RecipeError, first_line
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_SHARD_SIZE = "5GB"
 RESET_MODES = ("base", "shrink-perturb", "reinit")
 MAX_RESET_FRACTION = 0.5
+MAX_RECIPE_BYTES = 256 * 1024  # recipes are a few lines; this bounds parse time (~1 s)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric setting accepts. NaN and ±inf never do: NaN compares false with
+    every bound, so a plain `lo <= v <= hi` test would let it through."""
+
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False  # lo itself excluded
+    integer: bool = False
+
+    def problem(self, value) -> str | None:
+        """Why `value` does not fit (one phrase, e.g. "must be >= 0.0 and <= 0.5 (got 1.5)"),
+        or None when it does."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = "an integer >= " + str(self.lo) if self.integer else "a number"
+            return f"must be {kind} (got {show(value)})"
+        if not math.isfinite(value):
+            return f"must be a finite number (got {value})"
+        if self.integer:
+            if not isinstance(value, int) or value < self.lo or value > self.hi:
+                return f"must be an integer >= {self.lo} (got {show(value)})"
+            return None
+        if value < self.lo or value > self.hi or (self.lo_open and value == self.lo):
+            low = f"> {self.lo}" if self.lo_open else f">= {self.lo}"
+            return f"must be {low} and <= {self.hi} (got {value})"
+        return None
+
+
+# Every numeric recipe setting, by key; the matching CLI flags have the same ranges (a test
+# checks both, and that every numeric field of Recipe and ResetSettings is listed here).
+NUMBERS: dict[str, Range] = {
+    "fuse.alpha": Range(0.0, 1.0),  # and each fuse.rules[i].alpha value
+    "reset.fraction": Range(0.0, MAX_RESET_FRACTION),
+    "reset.max_per_module": Range(0.0, 1.0, lo_open=True),
+    "reset.protect": Range(0.0, 0.5),
+    "reset.omega": Range(0.0, 1.0),
+    "reset.noise": Range(0.0, 10.0),
+    "reset.seed": Range(0, integer=True),
+    "reset.samples": Range(1, integer=True),
+    "reset.max_tokens": Range(8, integer=True),
+}
+
+
+def show(value, limit: int = 60) -> str:
+    """repr of a user's value for a one-line message, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python converts to text
+        return "a number too long to show"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @dataclass(frozen=True)
@@ -149,14 +203,97 @@ _KNOWN = {
 
 
 def load_recipe(path: Path) -> Recipe:
-    """Read and validate one recipe file; RecipeError lists every problem."""
+    """Read and validate one recipe file; RecipeError lists every problem.
+
+    Malformed files are one line each: not UTF-8, too large, not YAML, YAML aliases (an alias
+    bomb expands exponentially once walked), duplicate keys (YAML would keep the last one
+    silently), nesting too deep, text that is not valid Unicode.
+    """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe: {e.strerror or e}") from e
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a "
+                          "short YAML file (is this the right file?)")  # fmt: skip
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start}); save the recipe as UTF-8") from None  # fmt: skip
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = " ".join(str(e.problem or e.context or "").split())
+        raise RecipeError(f"{path}: not valid YAML: {problem}{at}") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from e
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as e:  # an integer with more digits than Python converts, ...
+        why = "a number has too many digits" if "digits" in str(e) else first_line(e)[:200]
+        raise RecipeError(f"{path}: not valid YAML: {why}") from None
+    bad = _invalid_text(data)
+    if bad is not None:
+        raise RecipeError(f"{path}: {bad}")
     return parse_recipe({} if data is None else data, str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load without aliases and with duplicate keys refused."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not supported in recipes; write the "
+                "value out", event.start_mark)  # fmt: skip
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # unhashable: SafeLoader's own error names it
+                    continue
+                if seen != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {show(key)} (first at line {seen})",
+                        key_node.start_mark)  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
+def _invalid_text(data, where: str = "") -> str | None:
+    """'KEY: not valid Unicode text ...' for the first string holding a lone surrogate (YAML's
+    "\\ud800" escape makes one; no file or terminal can encode it), else None."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"{where or 'value'}: not valid Unicode text (lone surrogate "
+                    f"\\u{ord(data[e.start]):04x} at character {e.start})")  # fmt: skip
+        return None
+    if isinstance(data, dict):
+        keys = [k if isinstance(k, str) and k.isprintable() else show(k) for k in data]
+        items = [(where or "a key", k) for k in data if isinstance(k, str)]
+        items += [
+            (f"{where}.{k}" if where else k, v) for k, v in zip(keys, data.values(), strict=True)
+        ]
+    elif isinstance(data, list):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(data)]
+    else:
+        return None
+    for sub, value in items:
+        bad = _invalid_text(value, sub)
+        if bad is not None:
+            return bad
+    return None
 
 
 def parse_recipe(data, source: str) -> Recipe:
@@ -187,10 +324,10 @@ def parse_recipe(data, source: str) -> Recipe:
     if "reset" in data:
         kwargs["reset"] = _reset(reset, err)
     if "dtype" in output:
-        if output["dtype"] in DTYPES:
+        if isinstance(output["dtype"], str) and output["dtype"] in DTYPES:
             kwargs["dtype"] = output["dtype"]
         else:
-            err("output.dtype", f"must be one of {', '.join(DTYPES)} (got {output['dtype']!r})")
+            err("output.dtype", f"must be one of {', '.join(DTYPES)} (got {show(output['dtype'])})")
     if "shard_size" in output:
         from rejuv_cli.checkpoint.writer import parse_size
 
@@ -208,55 +345,43 @@ def _reset(section: dict, err) -> ResetSettings:
     """The reset: section; every field optional, each checked against its range."""
     values: dict = {"explicit": True}
 
-    def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
-        if key not in section:
-            return
-        v = section[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            err(f"reset.{key}", f"must be a number (got {v!r})")
-        elif v < lo or v > hi or (lo_open and v == lo):
-            low = f"> {lo}" if lo_open else f">= {lo}"
-            err(f"reset.{key}", f"must be {low} and <= {hi} (got {v})")
+    for name, rng in NUMBERS.items():
+        section_name, key = name.split(".")
+        if section_name != "reset" or key not in section:
+            continue
+        problem = rng.problem(section[key])
+        if problem is not None:
+            err(name, problem)
         else:
-            values[key] = float(v)
-
-    number("fraction", 0.0, MAX_RESET_FRACTION)
-    number("max_per_module", 0.0, 1.0, lo_open=True)
-    number("protect", 0.0, 0.5)
-    number("omega", 0.0, 1.0)
-    number("noise", 0.0, 10.0)
-    for key, lo in (("seed", 0), ("samples", 1), ("max_tokens", 8)):
-        if key in section:
-            v = section[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                err(f"reset.{key}", f"must be an integer >= {lo} (got {v!r})")
-            else:
-                values[key] = v
+            values[key] = section[key] if rng.integer else float(section[key])
     if "calib" in section:
         calib = section["calib"]
         if not isinstance(calib, str) or not calib.strip():
-            err("reset.calib", f"must be builtin:NAME or a JSONL path (got {calib!r})")
+            err("reset.calib", f"must be builtin:NAME or a JSONL path (got {show(calib)})")
         else:
             values["calib"] = calib
     if "mode" in section:
-        if section["mode"] in RESET_MODES:
+        if isinstance(section["mode"], str) and section["mode"] in RESET_MODES:
             values["mode"] = section["mode"]
         else:
-            err("reset.mode", f"must be one of {', '.join(RESET_MODES)} (got {section['mode']!r})")
+            err(
+                "reset.mode",
+                f"must be one of {', '.join(RESET_MODES)} (got {show(section['mode'])})",
+            )
     if "select" in section:
         from rejuv_cli.scoring import SCORERS
 
-        if section["select"] in SCORERS:
+        if isinstance(section["select"], str) and section["select"] in SCORERS:
             values["select"] = section["select"]
         else:
             err("reset.select", f"must be one of {', '.join(sorted(SCORERS))} "
-                f"(got {section['select']!r})")  # fmt: skip
+                f"(got {show(section['select'])})")  # fmt: skip
     if "modules" in section:
         from rejuv_cli.arch.units import resolve_modules
 
         mods = section["modules"]
         if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
-            err("reset.modules", f"must be a non-empty list of module names (got {mods!r})")
+            err("reset.modules", f"must be a non-empty list of module names (got {show(mods)})")
         else:
             try:
                 values["modules"] = resolve_modules(mods)
@@ -278,8 +403,9 @@ def _unknown(d: dict, where: str, err) -> None:
     allowed = _KNOWN["rule" if where.startswith("fuse.rules") else where]
     for k in d:
         if k not in allowed:
+            k = k if isinstance(k, str) and k.isprintable() and len(k) <= 60 else show(k)
             err(
-                f"{where}.{k}" if where else str(k),
+                f"{where}.{k}" if where else k,
                 f"unknown key (allowed: {', '.join(sorted(allowed))})",
             )
 
@@ -293,10 +419,14 @@ def _alpha(value, key: str, err, allow_list: bool):
         return None if None in items else tuple(items)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "a number or a list of numbers" if allow_list else "a number"
-        err(key, f"must be {kind} (got {value!r})")
+        err(key, f"must be {kind} (got {show(value)})")
         return None
-    if not 0.0 <= value <= 1.0:
-        err(key, f"must be between 0 and 1 (got {value})")
+    rng = NUMBERS["fuse.alpha"]
+    if not math.isfinite(value):
+        err(key, f"must be a finite number (got {value})")
+        return None
+    if not rng.lo <= value <= rng.hi:
+        err(key, f"must be between {rng.lo:g} and {rng.hi:g} (got {value})")
         return None
     return float(value)
 

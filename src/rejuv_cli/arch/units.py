@@ -167,14 +167,34 @@ def family_map(config: dict) -> FamilyMap:
     return fm
 
 
+_SIZE_KEYS = ("hidden_size", "n_embd", "num_attention_heads", "n_head", "head_dim",
+              "num_key_value_heads", "intermediate_size", "n_inner", "moe_intermediate_size",
+              "shared_expert_intermediate_size")  # fmt: skip
+MAX_UNITS = 2**31 - 1
+
+
 def part_sizes(config: dict) -> dict[str, int]:
-    """Sizes (units per module) from config.json: q rows, k/v rows, MLP widths."""
+    """Sizes (units per module) from config.json: q rows, k/v rows, MLP widths.
+
+    ArchError when a size is not a whole number (a typo such as "32" or 10**30, or a per-layer
+    list this unit map cannot use) or the head count and size cannot be worked out."""
     cfg = config.get("text_config") or config
+    for key in _SIZE_KEYS:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not 0 <= v <= MAX_UNITS):  # fmt: skip
+            shown = repr(v) if len(repr(v)) <= 40 else f"{repr(v)[:37]}..."
+            raise ArchError(f"config.json {key}: must be an integer from 0 to {MAX_UNITS} to "
+                            f"size the units (got {shown})")  # fmt: skip
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
     kv_heads = cfg.get("num_key_value_heads") or heads
     inter = cfg.get("intermediate_size") or cfg.get("n_inner") or (4 * hidden if hidden else None)
+    if not heads or not head_dim or not inter:
+        raise ArchError("config.json gives no attention head count and size or no MLP width "
+                        "(num_attention_heads, head_dim or hidden_size, intermediate_size): "
+                        "cannot size the units")  # fmt: skip
     return {
         "q": heads * head_dim,
         "kv": kv_heads * head_dim,

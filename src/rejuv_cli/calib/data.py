@@ -72,7 +72,8 @@ def _read_file(spec: str) -> str:
     if path.is_dir():
         raise CalibError(f"calibration data {spec!r} is a directory; pass a JSONL file")
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of line 1
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise CalibError(f"{spec}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
@@ -96,6 +97,12 @@ def parse_jsonl(text: str, label: str) -> list[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             problems.append(f"{where}: not valid JSON at column {e.colno}: {e.msg}")
+            continue
+        except RecursionError:
+            problems.append(f"{where}: not valid JSON: nested too deeply")
+            continue
+        except ValueError:  # an integer with more digits than Python converts
+            problems.append(f"{where}: not valid JSON: a number has too many digits")
             continue
         messages, found = _messages(obj)
         problems += [f"{where}: {p}" for p in found]
@@ -126,7 +133,8 @@ def _messages(obj) -> tuple[tuple[dict, ...], list[str]]:
         )
         return messages, problems
     if "messages" not in obj:
-        keys = ", ".join(map(repr, obj)) or "none"
+        keys = ", ".join(repr(k)[:40] for k in list(obj)[:8]) or "none"
+        keys += f", ... ({len(obj) - 8} more)" if len(obj) > 8 else ""
         return (), [f"expected 'messages' or 'prompt' and 'response' (keys found: {keys})"]
     raw = obj["messages"]
     if not isinstance(raw, list) or not raw:
@@ -160,6 +168,11 @@ def _text(obj: dict, key: str, name: str) -> str | None:
         return f"{name}: must be a string (got {_kind(value)})"
     if not value.strip():
         return f"{name}: is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" without its pair
+        return (f"{name}: not valid Unicode text (lone surrogate \\u{ord(value[e.start]):04x} "
+                f"at character {e.start}); no tokenizer can encode it")  # fmt: skip
     return None
 
 

@@ -90,7 +90,28 @@ def encode(
             f"{truncated} of {len(examples)} examples were longer than {max_tokens} tokens and "
             f"were cut to their first {max_tokens}"
         )
+    share = unk_share(out, tokenizer)
+    if share is not None and share > UNK_WARN:
+        warnings.append(
+            f"{share:.0%} of the calibration tokens are the tokenizer's unknown token "
+            f"{tokenizer.unk_token!r}: it cannot represent this text, so the output and unit "
+            "metrics say little about the model; calibrate on text in the model's own "
+            "vocabulary (--calib FILE)"
+        )
     return out, warnings
+
+
+UNK_WARN = 0.5  # warn when more than this share of the tokens is the unknown token
+
+
+def unk_share(encoded: Sequence[Encoded], tokenizer) -> float | None:
+    """Share of all tokens of `encoded` that are the tokenizer's unknown token; None when the
+    tokenizer has none (byte-level tokenizers represent any text) or there are no tokens."""
+    unk = tokenizer.unk_token_id
+    total = sum(len(e.input_ids) for e in encoded)
+    if unk is None or not total:
+        return None
+    return sum(e.input_ids.count(unk) for e in encoded) / total
 
 
 def template_segments(ex: Example, tokenizer) -> tuple[list[tuple[str, bool]], bool]:

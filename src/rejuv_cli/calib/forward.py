@@ -57,7 +57,8 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
     offloaded to disk in a temporary folder that lives as long as the model. Offloaded layers
     are brought to the device one module at a time during each forward pass, so a model larger
     than the device still runs, slower. `offloaded_share` says how much was offloaded, and
-    `offload_note` is appended to `warnings` when anything was.
+    `offload_note` is appended to `warnings` when anything was. A parameter transformers would
+    initialise rather than load is an error (`check_loading_info`).
     """
     import tempfile
 
@@ -79,9 +80,9 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
         budget = {"cpu": max_memory if max_memory is not None else free["cpu"]}
     offload_dir = tempfile.TemporaryDirectory(prefix="rejuv-offload-")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             path, dtype=model_dtype(device), device_map="auto", max_memory=budget,
-            offload_folder=offload_dir.name,
+            offload_folder=offload_dir.name, output_loading_info=True,
         )  # fmt: skip
     except Exception as e:  # transformers raises many types; all mean "cannot load this"
         offload_dir.cleanup()
@@ -90,6 +91,17 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
             "run with --weights-only for the weight-space report"
         ) from None
     model._rejuv_offload_dir = offload_dir  # removed from disk when the model is freed
+    # Weights transformers initialised at random (or ignored) would be measured as if loaded.
+    from rejuv_cli.calib.loading import check_loading_info
+
+    try:
+        notes = check_loading_info(model, info, label, path)
+    except CheckpointError:
+        del model
+        offload_dir.cleanup()
+        raise
+    if warnings is not None:
+        warnings.extend(notes)
     unplaced = nothing_on_device(model, device)
     if unplaced:
         del model
@@ -103,6 +115,10 @@ def load_model(path: Path, label: str, device: torch.device, max_memory: int | N
     note = offload_note(label, model, device)
     if note and warnings is not None:
         warnings.append(note)
+    # Ids beyond the embedding (tokens SFT added) are read as its mean row (calib/vocab.py).
+    from rejuv_cli.calib.vocab import read_unseen_tokens_as_mean
+
+    read_unseen_tokens_as_mean(model)
     return model.eval()
 
 
@@ -326,7 +342,7 @@ def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int 
     logits = model(input_ids=ids, attention_mask=attn).logits.to(device)  # [B, T, V]
     select = resp[:, 1:] & attn[:, 1:].bool()  # targets: response tokens 1..T-1
     logits, targets = logits[:, :-1][select], ids[:, 1:][select]
-    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+    if vocab_limit is not None:  # also for the smallest model: its targets may lie beyond it
         keep = targets < vocab_limit
         logits, targets = logits[keep, :vocab_limit], targets[keep]
     return logits, targets
@@ -367,6 +383,7 @@ class Calibration:
     response_tokens: int
     batch_tokens: int
     warnings: list[str]
+    unk_share: float | None = None  # share of tokens that are the unknown token (encode.py)
 
 
 def prepare_calibration(
@@ -380,7 +397,7 @@ def prepare_calibration(
     """Load `spec` (builtin:NAME or JSONL), tokenize with the SFT tokenizer and chat template,
     and batch; the one path `rejuv diagnose` and the data-driven scorers share."""
     from rejuv_cli.calib.data import load_examples
-    from rejuv_cli.calib.encode import batches, encode, pad_id_of
+    from rejuv_cli.calib.encode import batches, encode, pad_id_of, unk_share
     from rejuv_cli.errors import CalibError
 
     examples = load_examples(spec, samples)
@@ -399,6 +416,7 @@ def prepare_calibration(
         int(sum(sum(e.response) for e in encoded)),
         budget,
         warnings,
+        unk_share(encoded, tokenizer),
     )
 
 

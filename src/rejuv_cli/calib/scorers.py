@@ -89,6 +89,7 @@ def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, m
         target_positions,
     )
     from rejuv_cli.calib.forward import activation_sites, config_vocab
+    from rejuv_cli.calib.vocab import unseen_note
 
     run = _Run(layout, base, sft, device, on_bytes, settings, max_memory, load=False,
                batch_tokens=BATCH_TOKENS)  # fmt: skip
@@ -97,6 +98,8 @@ def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, m
     vocab = min(config_vocab(base.root, "BASE"), config_vocab(sft.root, "SFT"))
     base_model = run.load(base.root, "BASE")
     base_entropies = response_entropies(base_model, batches, device, vocab)
+    if note := unseen_note("BASE", base_model):
+        run.calib.warnings.append(note)
     del base_model  # only its entropies are needed
     run.model = run.load(sft.root, "SFT")
     gaps = gaps_from(base_entropies, response_entropies(run.model, batches, device, vocab), batches)

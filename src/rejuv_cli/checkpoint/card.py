@@ -6,12 +6,12 @@ facts (timings, device) go to rejuv.json only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from rejuv_cli import __version__
+from rejuv_cli.jsonio import dumps
 
 PAPER = "Liu, Liu, Wan, Fu, Pan: When RL Fails after SFT: Rejuvenating Model Plasticity for Robust SFT-to-RL Handoff, arXiv 2606.09932 (2026)"  # noqa: E501
 PAPER_URL = "https://arxiv.org/abs/2606.09932"
@@ -120,4 +120,4 @@ def _revision(model: dict) -> str:
 
 def write_card_and_provenance(out_dir: Path, provenance: dict) -> None:
     (out_dir / "README.md").write_text(model_card(provenance))
-    (out_dir / "rejuv.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    (out_dir / "rejuv.json").write_text(dumps(provenance, "rejuv.json") + "\n")

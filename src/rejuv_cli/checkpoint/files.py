@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 from rejuv_cli.checkpoint.dtypes import CONFIG_NAME
+from rejuv_cli.checkpoint.links import dangling, dangling_link_error
+from rejuv_cli.jsonio import dumps
 
 # Weight files and indexes are rewritten, never copied; README.md becomes our model card.
 _NOT_COPIED_SUFFIXES = (
@@ -32,7 +34,6 @@ def side_file_paths(sft_dir: Path) -> list[Path]:
     part of the Hugging Face layout. In a Hub cache the files are links to blobs; a link whose
     blob is gone is an error (skipping it would silently drop e.g. the tokenizer).
     """
-    from rejuv_cli.checkpoint.reader import dangling, dangling_link_error
 
     paths = []
     for path in sorted(sft_dir.iterdir()):
@@ -64,4 +65,4 @@ def write_config(sft_dir: Path, out_dir: Path, dtype_code: str | None) -> None:
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:
         config[key] = CONFIG_NAME[dtype_code]
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out_dir / "config.json").write_text(dumps(config, "config.json", sort_keys=True) + "\n")

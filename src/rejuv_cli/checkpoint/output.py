@@ -59,7 +59,7 @@ def describe_os_error(e: OSError, path: Path | str) -> str:
         errno.EACCES: "check the permissions, or choose another location",
         errno.EPERM: "check the permissions, or choose another location",
         errno.EIO: "the device reported an I/O error; check the disk",
-        errno.EBUSY: "something else is using it; close it and retry",
+        errno.EBUSY: "it is a mount point or in use; write to a new path inside or beside it",
     }.get(e.errno, "check the path and retry")
     return f"cannot write {path}: {what}; {hint}"
 
@@ -245,25 +245,6 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 # ---- public ------------------------------------------------------------------------------------
-def check_output_dir(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
-    """Refuse an OUT that exists (without --overwrite) or overlaps an input directory."""
-    real_out = out.resolve()
-    for label, path in inputs.items():
-        real_in = path.resolve()
-        if real_out == real_in or real_out.is_relative_to(real_in):
-            raise OutputError(
-                f"--out {out} is inside {label} ({path}); choose a directory outside it"
-            )
-        if real_in.is_relative_to(real_out):
-            raise OutputError(
-                f"{label} ({path}) is inside --out {out}; writing there would destroy the input"
-            )
-    if out.exists() and not overwrite:
-        raise OutputError(f"--out {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a directory")
-
-
 @contextlib.contextmanager
 def output_dir(
     out: Path, overwrite: bool, say: Callable[[str], None] = note_to_stderr
@@ -273,11 +254,13 @@ def output_dir(
     On any error or interrupt it is removed and an existing `out` is untouched. An OSError
     inside the block becomes one OutputError line naming the path.
     """
-    if out.is_symlink():  # `--out latest` -> runs/v3: replace the directory, keep the link
-        out = out.resolve()
+    # `--out latest` -> runs/v3: replace the directory, keep the link. Resolving also turns
+    # `-o .` or `-o x/..` into a name with a parent, where the sibling can live.
+    out = Path(os.path.realpath(out))
     tmp = sibling(out, TMP_TAG)
+    made: list[Path] = []
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        made = _make_parents(out.parent)
         with _locked(out):
             recover_leftovers(out, say)
             if out.exists() and not overwrite:
@@ -290,8 +273,11 @@ def output_dir(
             finally:
                 if tmp.exists():  # failed or interrupted: never leave a partial output
                     _remove(tmp)
+            made = []  # success: keep the directories made for OUT
     except OSError as e:
         raise OutputError(describe_os_error(e, e.filename or out)) from None
+    finally:
+        _unmake(made)
 
 
 def write_file(
@@ -301,19 +287,50 @@ def write_file(
     say: Callable[[str], None] = note_to_stderr,
 ) -> None:
     """Write `path` atomically: a temporary sibling, then rename. `data` is the content, or a
-    function that writes it to the open binary file. OSError -> one OutputError line."""
+    function that writes it to the open binary file. A symbolic link is written through (the
+    file it points to is replaced, the link kept), like `--out`. OSError -> one OutputError
+    line; directories made for it are removed again on failure."""
+    target = Path(os.path.realpath(path))
+    made: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recover_leftovers(path, say)
-        tmp = sibling(path, TMP_TAG)
+        made = _make_parents(target.parent)
+        recover_leftovers(target, say)
+        tmp = sibling(target, TMP_TAG)
         try:
             with open(tmp, "wb") as f:
                 if callable(data):
                     data(f)
                 else:
                     f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
+            made = []
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as e:
         raise OutputError(f"{flag}: {describe_os_error(e, path)}") from None
+    finally:
+        _unmake(made)
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p `directory`; returns the directories it created, outermost first."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()][::-1]
+    made = []
+    try:
+        for d in missing:
+            try:
+                d.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: theirs to keep
+                continue
+            made.append(d)
+    except OSError:
+        _unmake(made)
+        raise
+    return made
+
+
+def _unmake(made: list[Path]) -> None:
+    """Remove directories `_make_parents` created for an output that was not written."""
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()

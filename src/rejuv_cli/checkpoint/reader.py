@@ -6,6 +6,10 @@ Supported layouts, in the order they are looked for:
 
 Only headers are read at open time. Tensor bytes are read on demand with pread into a caller's
 buffer, so nothing stays resident: peak memory is the caller's buffer, not the model.
+
+With an index, the tensor set is what the shards the index names contain, not only what the
+index lists: transformers loads every tensor of every such shard, so a tensor the index forgot
+is still part of the model (`_reconcile` decides, in one place, what to do about disagreements).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from rejuv_cli.checkpoint.config import read_config
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
+from rejuv_cli.checkpoint.links import dangling, dangling_link_error
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo, read_header
-from rejuv_cli.errors import CheckpointError, RejuvError
+from rejuv_cli.errors import CheckpointError, first_line
 
 ST_INDEX = "model.safetensors.index.json"
 ST_SINGLE = "model.safetensors"
@@ -33,9 +39,10 @@ class Checkpoint:
         self.format = fmt  # "safetensors" | "bin"
         self.tensors = tensors
         config = _present(root, "config.json", label, "config")
-        self.config = _read_json(root / "config.json", label) if config else {}
+        self.config = read_config(root / "config.json", label) if config else {}
         self._fds: dict[Path, int] = {}
         self._bin_tensors: dict[str, object] = {}
+        self.warnings: list[str] = []  # found while opening (tensors the index does not list)
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -44,7 +51,10 @@ class Checkpoint:
         if not root.is_dir():
             raise CheckpointError(f"{label} {root} is not a directory")
         if _present(root, ST_INDEX, label, "index"):
-            return cls(root, label, "safetensors", _open_index(root, label, ST_INDEX))
+            tensors, warnings = _open_index(root, label, ST_INDEX)
+            ckpt = cls(root, label, "safetensors", tensors)
+            ckpt.warnings += warnings
+            return ckpt
         if _present(root, ST_SINGLE, label, "weights file"):
             tensors, _ = read_header(root / ST_SINGLE)
             return cls(root, label, "safetensors", tensors)
@@ -67,18 +77,18 @@ class Checkpoint:
             files = sorted(set(weight_map.values()))
         else:
             weight_map, files = None, [BIN_SINGLE]
+        stored: dict[str, list[str]] = {}
         for fname in files:
             state = _load_bin(self.root / fname)
             for name, t in state.items():
-                if weight_map is not None and weight_map.get(name) != fname:
-                    continue
+                stored.setdefault(name, []).append(fname)
                 code = _code_of_torch(t.dtype, self.root / fname, name)
                 shape = tuple(t.shape)
                 nbytes = t.numel() * ITEMSIZE[code]
                 self.tensors[name] = TensorInfo(name, code, shape, self.root / fname, -1, nbytes)
                 self._bin_tensors[name] = t
         if weight_map is not None:
-            _check_listed(self.root, BIN_INDEX, weight_map, self.tensors)
+            self.warnings += _reconcile(self.root, self.label, BIN_INDEX, weight_map, stored)
 
     # ---- reading -------------------------------------------------------------------------
     def read_into(self, name: str, start: int, stop: int, out) -> None:
@@ -133,16 +143,20 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def _open_index(root: Path, label: str, index_name: str) -> dict[str, TensorInfo]:
+def _open_index(root: Path, label: str, index_name: str):
+    """(tensors in storage order, warnings): every tensor of every shard the index names."""
     weight_map = _read_weight_map(root, label, index_name)
     tensors: dict[str, TensorInfo] = {}
+    stored: dict[str, list[str]] = {}
     for fname in sorted(set(weight_map.values())):
         header, _ = read_header(root / fname)
         for name, info in header.items():
-            if weight_map.get(name) == fname:
-                tensors[name] = info
-    _check_listed(root, index_name, weight_map, tensors)
-    return tensors
+            stored.setdefault(name, []).append(fname)
+            tensors[name] = info
+    warnings = _reconcile(root, label, index_name, weight_map, stored)
+    # Storage order: by file, then by offset within it.
+    order = sorted(tensors.values(), key=lambda t: (str(t.file), t.offset))
+    return {t.name: t for t in order}, warnings
 
 
 def _read_weight_map(root: Path, label: str, index_name: str) -> dict[str, str]:
@@ -195,49 +209,53 @@ def _present(root: Path, name: str, label: str, what: str) -> bool:
     return False
 
 
-def dangling(path: Path) -> bool:
-    """Whether `path` is a link whose target does not exist."""
-    return path.is_symlink() and not path.exists()
-
-
-def dangling_link_error(
-    root: Path, name: str, label: str, what: str, cls=CheckpointError, subject: str | None = None
-) -> RejuvError:
-    """The error for root/name, a link whose target does not exist. `subject` replaces the
-    message's "LABEL ROOT" prefix; `cls` is the error class (a RejuvError)."""
-    from rejuv_cli.checkpoint.resolve import hub_snapshot_of
-
-    try:
-        target = os.readlink(root / name)
-    except OSError:
-        target = "?"
-    hub = hub_snapshot_of(root)
-    again = f"run `hf download {hub[0]} --revision {hub[1]}`" if hub else "copy or download it"
-    return cls(
-        f"{subject or f'{label} {root}'}: {what} {name!r} is a link to {target!r}, which does "
-        f"not exist (incomplete or pruned Hub download?); {again} again, or pass a complete "
-        "directory"
-    )
-
-
-def _check_listed(root: Path, index_name: str, weight_map: dict, tensors: dict) -> None:
-    for name, fname in weight_map.items():
-        if name not in tensors:
+def _reconcile(root: Path, label: str, index_name: str, weight_map: dict[str, str],
+               stored: dict[str, list[str]]) -> list[str]:  # fmt: skip
+    """Check the index against what its shards store (`stored`: tensor name -> the shard files
+    holding it); returns warnings. The shards are the truth, because transformers loads every
+    tensor of every shard the index names:
+    - a tensor in a shard but not in the index is kept (warning): dropping it would leave the
+      output with a weight transformers then initialises at random;
+    - a tensor listed but in no shard, or in another shard than listed, or stored twice, is an
+      error: the index and the shards disagree about which bytes are the weight.
+    """
+    index = root / index_name
+    for name, files in stored.items():
+        if len(files) > 1:
             raise CheckpointError(
-                f"{root / index_name}: tensor '{name}' is listed in shard {fname!r} but that file "
-                "does not contain it. The index and the shards do not match."
+                f"{index}: tensor '{name}' is stored in {len(files)} shards ({', '.join(files)}); "
+                "transformers would load one and ignore the others. Keep one copy (re-save the "
+                "checkpoint with save_pretrained)"
             )
-    # Keep storage order: by file, then by offset within it.
-    order = sorted(tensors.values(), key=lambda t: (str(t.file), t.offset))
-    tensors.clear()
-    tensors.update({t.name: t for t in order})
+    for name, fname in weight_map.items():
+        files = stored.get(name)
+        if files is None:
+            raise CheckpointError(
+                f"{index}: tensor '{name}' is listed in shard {fname!r} but that file does not "
+                "contain it. The index and the shards do not match."
+            )
+        if files[0] != fname:
+            raise CheckpointError(
+                f"{index}: tensor '{name}' is listed in shard {fname!r} but stored in "
+                f"{files[0]!r}. The index and the shards do not match: fix its weight_map entry"
+            )
+    unlisted = [(name, files[0]) for name, files in stored.items() if name not in weight_map]
+    if not unlisted:
+        return []
+    shown = ", ".join(f"'{n}' ({f})" for n, f in unlisted[:3])
+    more = f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else ""
+    what = "1 tensor is" if len(unlisted) == 1 else f"{len(unlisted)} tensors are"
+    return [
+        f"{label}: {what} in a shard but not listed in {index_name}: {shown}{more}; included, "
+        "since transformers loads it from the shard too (add it to the index to silence this)"
+    ]
 
 
 def _read_json(path: Path, label: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{label}: cannot read {path}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8 or not JSON
+        raise CheckpointError(f"{label}: cannot read {path}: {first_line(e)}") from None
 
 
 def _load_bin(path: Path) -> dict:

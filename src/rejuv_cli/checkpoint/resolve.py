@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from rejuv_cli.checkpoint.links import COMMIT, dangling, dangling_link_error, hub_snapshot_of
 from rejuv_cli.errors import ResolveError
 
 # What a checkpoint needs: weights, configs, tokenizer and chat-template files.
@@ -27,7 +28,6 @@ HUB_PATTERNS = [
 # an original/ folder for other runtimes: skip them rather than download twice the bytes.
 HUB_SKIP = ["consolidated*", "original/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -107,25 +107,13 @@ def _from_hub(spec: str, repo_id: str, revision: str | None, label: str) -> Reso
         raise ResolveError(f"{label} {spec}: download failed: {e}") from e
     path = Path(local)
     # Snapshots live at .../snapshots/<commit>/: the folder name is the resolved commit.
-    commit = path.name if _COMMIT.fullmatch(path.name) else None
+    commit = path.name if COMMIT.fullmatch(path.name) else None
     return ResolvedModel(spec, path, repo_id, revision, commit)
-
-
-def hub_snapshot_of(path: Path) -> tuple[str, str] | None:
-    """(repo_id, commit) when `path` is a Hub cache snapshot directory,
-    .../models--{org}--{name}/snapshots/{commit}; else None."""
-    repo = path.parent.parent.name
-    if path.parent.name != "snapshots" or not _COMMIT.fullmatch(path.name):
-        return None
-    if not repo.startswith("models--") or len(repo) <= len("models--"):
-        return None
-    return "/".join(repo[len("models--") :].split("--")), path.name
 
 
 def _incomplete(spec: str, repo_id: str, snapshot: Path, label: str, e) -> ResolveError:
     """huggingface_hub found the snapshot offline but files of it missing: name a link whose
     blob is gone (the usual cause: an interrupted download or a pruned cache)."""
-    from rejuv_cli.checkpoint.reader import dangling, dangling_link_error
     from rejuv_cli.errors import first_line
 
     for link in sorted(snapshot.rglob("*")):

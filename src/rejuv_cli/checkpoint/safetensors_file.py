@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
-from rejuv_cli.errors import CheckpointError, QuantizedError
+from rejuv_cli.errors import CheckpointError, QuantizedError, first_line
 
 # Larger headers are not produced by any real writer; refuse them before allocating.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -56,12 +56,14 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"header is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, too deep, a huge number
+        raise _corrupt(path, f"header is not valid JSON ({first_line(e)})") from e
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
 
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _corrupt(path, "__metadata__ must map names to strings")
     data_start = 8 + n
     tensors = []
     for name, entry in header.items():

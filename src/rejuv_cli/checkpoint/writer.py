@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
+from rejuv_cli.jsonio import dumps
 
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_METADATA = {"format": "pt"}  # what transformers checks for on load
@@ -58,7 +59,7 @@ class ShardLayout:
                 "data_offsets": [offset, offset + e.nbytes],
             }
             offset += e.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw = dumps(header, "safetensors header", indent=None, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # pad so the data buffer starts 8-byte aligned
         return len(raw).to_bytes(8, "little") + raw
 
@@ -115,7 +116,7 @@ def index_json(shards: list[ShardLayout]) -> dict | None:
 def write_index(out_dir: Path, shards: list[ShardLayout]) -> None:
     index = index_json(shards)
     if index is not None:
-        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        (out_dir / INDEX_NAME).write_text(dumps(index, INDEX_NAME) + "\n")
 
 
 def format_size(n: float) -> str:
@@ -127,8 +128,15 @@ def format_size(n: float) -> str:
     return f"{n} B"
 
 
+MAX_SIZE = 2**63 - 1  # what a file offset or a byte count in torch and the OS can hold
+
+
 def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, 1024 -> 1024 (HF's convention: GB=1e9)."""
+    """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, 1024 -> 1024 (HF's convention: GB=1e9).
+
+    ValueError, with a one-line reason, for anything else: no number, an unknown unit, a
+    number that is not finite (nan, inf, 1e400), not positive, or beyond MAX_SIZE bytes.
+    """
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
@@ -147,9 +155,23 @@ def parse_size(text: str | int) -> int:
         unit = next((u for u in units if s.endswith(u)), "")
         number, mult = s[: len(s) - len(unit)], units.get(unit, 1)
         try:
-            value = int(float(number) * mult)
+            amount = float(number)
         except ValueError:
-            raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)") from None
+            raise ValueError(f"not a size: {_short(text)} (use e.g. 5GB, 500MB, 2GiB)") from None
+        if not math.isfinite(amount * mult):
+            raise ValueError(f"size must be a finite number (got {_short(text)})")
+        value = int(amount * mult)
     if value <= 0:
-        raise ValueError(f"size must be positive (got {text!r})")
+        raise ValueError(f"size must be positive (got {_short(text)})")
+    if value > MAX_SIZE:
+        raise ValueError(f"size too large (got {_short(text)}; at most {MAX_SIZE} bytes)")
     return value
+
+
+def _short(text) -> str:
+    """repr of a size as given, cut to a readable length (a huge number stays one line)."""
+    try:
+        shown = repr(text)
+    except ValueError:  # an int with more digits than Python converts to text
+        return "a number too long to show"
+    return shown if len(shown) <= 42 else f"{shown[:40]}..."

@@ -43,6 +43,14 @@ MaxMemoryOption = Annotated[
 ]
 
 
+def check_calib(spec: str) -> None:
+    """Parse the calibration data now, so malformed data is one line before any model is read
+    (the forward code parses it again later; that costs milliseconds)."""
+    from rejuv_cli.calib.data import load_examples
+
+    load_examples(spec)
+
+
 def parse_max_memory(text: str | None) -> int | None:
     """--max-memory in bytes (None: not given); a bad size is a usage error."""
     from rejuv_cli.checkpoint.writer import parse_size
@@ -92,10 +100,45 @@ def stderr_console(quiet: bool = False):
 
 
 def print_json(data) -> None:
-    import json
+    from rejuv_cli.jsonio import dumps
 
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    sys.stdout.flush()
+    write_stdout(dumps(data, "--json") + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """Write data to stdout. A closed stdout, a reader that left (`| head`) or a full device is
+    one OutputError line, and Python's exit-time flush is silenced (no "Exception ignored")."""
+    import errno
+
+    from rejuv_cli.checkpoint.output import describe_os_error
+    from rejuv_cli.errors import OutputError
+
+    try:
+        if sys.stdout is None:  # started with descriptor 1 closed (`>&-`)
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:  # ValueError: the file object was closed
+        _stdout_to_devnull()
+        code = getattr(e, "errno", None) or errno.EBADF
+        hint = {errno.EPIPE: "the program reading it exited before the end; let it read "
+                "everything, or redirect stdout to a file",
+                errno.EBADF: "stdout is closed; redirect it to a file"}.get(code)  # fmt: skip
+        line = describe_os_error(OSError(code, os.strerror(code)), "stdout")
+        raise OutputError(f"{line.rpartition(';')[0]}; {hint}" if hint else line) from None
+
+
+def _stdout_to_devnull() -> None:
+    """Point descriptor 1 at /dev/null so the data still buffered in sys.stdout is dropped
+    quietly at exit (the recipe in Python's signal docs); only when sys.stdout is descriptor 1."""
+    try:
+        if sys.stdout is None or sys.stdout.fileno() != 1:
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 @contextmanager

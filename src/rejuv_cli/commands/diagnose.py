@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,12 +12,15 @@ from rejuv_cli.commands.common import (
     DeviceOption,
     MaxMemoryOption,
     QuietFlag,
+    check_calib,
     guarded,
     parse_max_memory,
     progress_bars,
     stderr_console,
+    write_stdout,
 )
 from rejuv_cli.errors import UsageError
+from rejuv_cli.jsonio import dumps, json_safe
 
 HELP = """Measure how rigid an SFT checkpoint is before RL, and what a fuse changed.
 
@@ -41,8 +43,6 @@ Examples:
   rejuv diagnose ./base ./sft --calib data.jsonl --json report.json \\
       --fail-on "output.entropy_mean<0.18" --fail-on "verdict.label==rigid"
 """
-
-NOT_MEASURED_WEIGHTS_ONLY = ("output", "units", "sharpness")
 
 
 def _opt(*names: str, **kw):
@@ -82,7 +82,8 @@ def diagnose_command(
         help='Exit 3 when EXPR holds, e.g. "output.entropy_mean<0.18" (repeatable; grammar in '
         "the README).")] = None,
     sharpness_draws: Annotated[int, _opt(
-        "--sharpness-draws", min=0, help="Random directions for sharpness; 0 skips it.")] = 3,
+        "--sharpness-draws", min=0,
+        help="Random directions for sharpness, each probed as ±u; 0 skips it.")] = 3,
     sharpness_sigma: Annotated[float, _opt(
         "--sharpness-sigma", min=1e-6, max=1.0,
         help="Noise per matrix, relative to its RMS.")] = 0.02,
@@ -98,13 +99,18 @@ def diagnose_command(
     memory = parse_max_memory(max_memory)
     if memory is not None and weights_only:
         raise UsageError("--max-memory: --weights-only runs no forward passes (it streams)")
-    _check_gates(gates, weights_only, candidate)
+    _check_gates(gates, weights_only, candidate, rank, sharpness_draws)
     _check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
     _check_writable(html_out, "--html")
+    if not weights_only:
+        check_calib(calib)
+    outputs = _outputs(json_out, html_out)
+    _check_outputs(base, sft, candidate, calib, outputs)
     to_stdout = json_out == "-"
     console = stderr_console(quiet)
     job = DiagnoseJob(base, sft, candidate, calib, samples, max_tokens, weights_only, rank,
-                      device, batch_tokens, sharpness_draws, sharpness_sigma, memory)  # fmt: skip
+                      device, batch_tokens, sharpness_draws, sharpness_sigma, memory,
+                      outputs=outputs)  # fmt: skip
     show = not (quiet or to_stdout) and sys.stderr.isatty()
     with progress_bars(console, show) as progress:
         report = run_diagnose(job, progress)
@@ -136,14 +142,16 @@ def diagnose_command(
 diagnose_command = guarded(diagnose_command)
 
 
-def _check_gates(gates, weights_only: bool, candidate: str | None) -> None:
-    """Refuse, before any work, gates that this run cannot evaluate."""
+def _check_gates(gates, weights_only: bool, candidate: str | None, rank: bool,
+                 sharpness_draws: int) -> None:  # fmt: skip
+    """Refuse, before any work, gates that this run cannot evaluate: a path that is not in the
+    report's structure, a section these flags leave out, a value of the wrong kind."""
+    from rejuv_cli.report.schema import RunFlags, check_gate
+
+    flags = RunFlags(weights_only=weights_only, candidate=candidate is not None, rank=rank,
+                     sharpness=sharpness_draws > 0)  # fmt: skip
     for g in gates:
-        head = g.path[0]
-        if weights_only and head in NOT_MEASURED_WEIGHTS_ONLY:
-            raise UsageError(f"--fail-on {g.text!r}: '{head}' is not measured with --weights-only")
-        if candidate is None and (head == "comparison" or "candidate" in g.path):
-            raise UsageError(f"--fail-on {g.text!r}: needs --candidate")
+        check_gate(g, flags)
 
 
 def _check_writable(path: Path | None, flag: str) -> None:
@@ -156,27 +164,30 @@ def _check_writable(path: Path | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
 
 
-def json_safe(value):
-    """NaN and ±inf become null (JSON has no such numbers; null reads "not measured")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
+def _outputs(json_out: str | None, html_out: Path | None) -> tuple:
+    from rejuv_cli.checkpoint.preflight import Output
+
+    return (None if json_out in (None, "-") else Output("--json", Path(json_out)),
+            None if html_out is None else Output("--html", html_out))  # fmt: skip
+
+
+def _check_outputs(base, sft, candidate, calib: str, outputs: tuple) -> None:
+    """No report file may overwrite, or sit inside, an input or the other report; checked
+    again by run_diagnose once Hub ids are resolved."""
+    from rejuv_cli.checkpoint.preflight import check_outputs
+
+    calib_file = None if calib.startswith("builtin:") else calib
+    check_outputs({"BASE": base, "SFT": sft, "CANDIDATE": candidate, "--calib": calib_file},
+                  outputs)  # fmt: skip
 
 
 def _write(report: dict, json_out: str | None, html_out: Path | None) -> None:
-    import json
-
     from rejuv_cli.checkpoint.output import write_file
 
     # `report` is already json_safe (the command makes it so before evaluating gates)
-    text = json.dumps(report, indent=2, allow_nan=False, default=str) + "\n"
+    text = dumps(report, "--json", default=str) + "\n"
     if json_out == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
     elif json_out is not None:
         write_file(Path(json_out), text, "--json")
     if html_out is not None:

@@ -17,6 +17,7 @@ from rejuv_cli.commands.common import (
     MaxMemoryOption,
     OutOption,
     QuietFlag,
+    check_calib,
     guarded,
     parse_max_memory,
     print_json,
@@ -259,6 +260,8 @@ def fuse_command(
     effective = effective.with_reset(**reset_flags, mode=mode, omega=omega, noise=noise, seed=seed)
     effective = effective.with_reset(**calib_flags)
     _check_calib_flags(calib_flags | {"max_memory": max_memory}, effective.reset.select, mask)
+    if _scores_from_data(effective.reset, mask):
+        check_calib(effective.reset.calib)
     if save_mask is not None and mask is None and effective.reset.fraction == 0:
         raise UsageError("--save-mask: there is nothing to save with --reset 0")
     job = FuseJob(
@@ -303,6 +306,12 @@ def fuse_command(
         print_json(summary)
     else:
         render_summary(console, summary)
+
+
+def _scores_from_data(settings, mask) -> bool:
+    from rejuv_cli.scoring import DATA_SCORERS
+
+    return mask is None and settings.fraction > 0 and settings.select in DATA_SCORERS
 
 
 def _check_calib_flags(flags: dict, select: str, mask) -> None:

@@ -13,6 +13,7 @@ from rejuv_cli.calib.forward import (
     prepare_calibration,
     shared_vocab,
 )
+from rejuv_cli.calib.vocab import unseen_note
 from rejuv_cli.diagnostics.output import (
     calibration_pass,
     entropy_edges,
@@ -36,7 +37,9 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
         "batches": len(batches),
         "batch_tokens": calib.batch_tokens,
         "dtype": "bfloat16" if device.type == "cuda" else "float32",
+        "unk_share": calib.unk_share,
     }
+    nulls = report["null_reasons"]  # why a value is null, where the schema cannot tell
 
     loaded = progress("loading", len(resolved), "models")
     models = {}
@@ -57,6 +60,7 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
     records = calibration_pass(
         models, batches, sites, device, on_batch=lambda: step(n_models), vocab_limit=vocab
     )
+    warnings.extend(n for role, m in models.items() if (n := unseen_note(role.upper(), m)))
     edges = entropy_edges(records)
     output = output_summary(records["sft"], records["base"], edges)
     output["base"] = output_summary(records["base"], None, edges)
@@ -70,28 +74,47 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
             cand = units["candidate"] = units_summary(records["candidate"], sites)
             cand["dormant_increase"] = cand["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
     report["output"], report["units"] = output, units
+    if units is None:
+        nulls["units"] = ("not measured: no unit map for this architecture (see warnings)"
+                          if layout is None else "not measured: no attention-output or MLP "
+                          "units in the unit map")  # fmt: skip
 
     offloaded = [role.upper() for role, model in models.items() if offloaded_share(model) > 0]
     if job.sharpness_draws > 0 and offloaded:
-        warnings.append(f"sharpness not measured: {', '.join(offloaded)} offloaded (it perturbs "
-                        "weights in place, which needs them resident)")  # fmt: skip
-    elif job.sharpness_draws > 0:
-        draws = job.sharpness_draws
-        step = progress("sharpness", draws * len(batches) * len(models), "model × batch passes")
+        why = (f"sharpness not measured: {', '.join(offloaded)} offloaded (it perturbs "
+               "weights in place, which needs them resident)")  # fmt: skip
+        warnings.append(why)
+        nulls["sharpness"] = why
+    elif job.sharpness_draws == 0:
+        nulls["sharpness"] = "not measured: --sharpness-draws 0"
+    else:
+        draws = job.sharpness_draws  # each direction is probed as +u and −u: two passes
+        step = progress("sharpness", 2 * draws * len(batches) * len(models),
+                        "model × batch passes")  # fmt: skip
         sharp = {}
         for role, model in models.items():
             loss = output["nll_mean"] if role == "sft" else output[role]["nll_mean"]
             sharp[role] = sharpness(model, batches, device, loss=loss, draws=draws,
                                     sigma_rel=job.sharpness_sigma, vocab_limit=vocab,
                                     on_batch=lambda: step(1))  # fmt: skip
-        report["sharpness"] = sharpness_section(sharp, job)
+        report["sharpness"] = sharpness_section(sharp, job, nulls)
 
 
-def sharpness_section(sharp: dict, job) -> dict:
+def sharpness_section(sharp: dict, job, nulls: dict) -> dict:
+    """The report's sharpness block; a ratio it cannot form is null, and `nulls` says why."""
     base = sharp["base"]["value"]
 
     def ratio(role):
-        if role not in sharp or base <= 0:
+        if role not in sharp:
+            return None
+        if base <= 0:
+            key = "sharpness.ratio" if role == "sft" else "sharpness.candidate_ratio"
+            nulls[key] = (
+                f"BASE's sharpness is {base:.3g} (≤ 0: on average the calibration loss did not "
+                f"rise under the weight noise, σ_rel {job.sharpness_sigma}, "
+                f"{job.sharpness_draws} draw(s) of ±u), so a ratio to it is undefined; gate on "
+                f"sharpness.{role} instead, or raise --sharpness-draws or --sharpness-sigma"
+            )
             return None
         return sharp[role]["value"] / base
 

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rejuv_cli import __version__
+from rejuv_cli.checkpoint.preflight import check_outputs
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.resolve import resolve_model
 from rejuv_cli.diagnostics import verdict as V
 from rejuv_cli.errors import ArchError
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe
+from rejuv_cli.report.schema import RunFlags, explain_nulls, label, parse_path
 
 SCHEMA_VERSION = 1
 ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
@@ -41,6 +43,7 @@ class DiagnoseJob:
     sharpness_draws: int = 3
     sharpness_sigma: float = 0.02
     max_memory: int | None = None  # bytes of model weights on the device, shared by the models
+    outputs: tuple = ()  # report files (preflight.Output), checked against the resolved inputs
 
 
 def _no_progress(label: str, total: int, unit: str):
@@ -56,6 +59,7 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
     roles = {"base": job.base, "sft": job.sft} | ({"candidate": job.candidate}
                                                    if job.candidate else {})  # fmt: skip
     resolved = {role: resolve_model(spec, role.upper()) for role, spec in roles.items()}
+    check_outputs({role.upper(): m.path for role, m in resolved.items()}, job.outputs)
     ckpts = {role: Checkpoint.open(m.path, role.upper()) for role, m in resolved.items()}
     warnings: list[str] = []
     try:
@@ -84,6 +88,7 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
         "sharpness": None,
         "comparison": None,
         "warnings": warnings,
+        "null_reasons": {},  # gate path -> why it is null (report/schema.explain_nulls)
     }
     if not job.weights_only:
         from rejuv_cli.diagnostics.forward_report import forward_sections
@@ -92,8 +97,35 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
     report["verdict"] = verdict_block(report, job)
     if job.candidate:
         report["comparison"] = comparison(report)
+    report["null_reasons"] = explain_nulls(report, run_flags(job), report["null_reasons"])
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+def run_flags(job: DiagnoseJob) -> RunFlags:
+    """What the job's settings say will be measured (for the report schema)."""
+    return RunFlags(weights_only=job.weights_only, candidate=bool(job.candidate), rank=job.rank,
+                    sharpness=job.sharpness_draws > 0)  # fmt: skip
+
+
+def measurement_flags(job: DiagnoseJob) -> list[str]:
+    """The command-line flags that reproduce this job's measurements: every setting that
+    differs from its default, so a suggested `rejuv diagnose` line measures the same way."""
+    default = DiagnoseJob(job.base, job.sft)
+    flags: list[str] = []
+    for attr, flag in (("calib", "--calib"), ("samples", "--samples"),
+                       ("max_tokens", "--max-tokens"), ("device", "--device"),
+                       ("batch_tokens", "--batch-tokens"),
+                       ("sharpness_draws", "--sharpness-draws"),
+                       ("sharpness_sigma", "--sharpness-sigma")):  # fmt: skip
+        value = getattr(job, attr)
+        if value != getattr(default, attr) and not (job.weights_only and attr != "device"):
+            flags += [flag, str(value)]
+    if job.max_memory is not None:
+        flags += ["--max-memory", f"{job.max_memory}B"]
+    flags += ["--weights-only"] if job.weights_only else []
+    flags += ["--rank"] if job.rank else []
+    return flags
 
 
 def _weights(job, ckpts, device, progress, warnings):
@@ -113,6 +145,8 @@ def _weights(job, ckpts, device, progress, warnings):
 
     def section(other: Checkpoint, label: str) -> dict:
         p = plan if other is sft else build_plan(base, other, Recipe())
+        if other is not sft:  # found while opening it (tensors its index does not list)
+            warnings.extend(other.warnings)
         total = sum(t.sft.nbytes for t in p.tensors if t.base is not None and not t.note)
         w = weight_drift(base, other, p, device, progress(f"weights ({label})", total, "bytes"))
         if layout is not None and other is sft:
@@ -151,11 +185,14 @@ def _measured(report: dict, job: DiagnoseJob) -> str:
 def verdict_block(report: dict, job: DiagnoseJob) -> dict:
     output, units, sharp = report["output"], report["units"], report["sharpness"] or {}
     label, reasons = V.judge(rule_metrics(report["weights"], output, units, sharp.get("ratio")))
+    fuse_flags = ["--device", job.device] if job.device != "auto" else []
     block = {
         "label": label,
         "heuristic": True,
         "reasons": reasons,
-        "suggested_command": V.suggested_command(label, job.base, job.sft),
+        "suggested_command": V.suggested_command(
+            label, job.base, job.sft, measurement_flags(job), fuse_flags
+        ),
         "measured": _measured(report, job),
         "candidate": None,
     }
@@ -163,32 +200,31 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
         c_label, c_reasons = V.judge(rule_metrics(
             report["weights"].get("candidate"), (output or {}).get("candidate"),
             (units or {}).get("candidate"), sharp.get("candidate_ratio"),
-        ))  # fmt: skip
+        ), {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS)  # fmt: skip
         block["candidate"] = {"label": c_label, "reasons": c_reasons}
     return block
 
 
-# (metric name, its keys in the report, label, which direction means "more plastic" or
-# "closer to BASE"). The candidate's value sits under the section's "candidate" block, except
-# for sharpness, whose SFT and candidate ratios are siblings.
+# The metrics set side by side, as (path of SFT's value, path of the candidate's value, which
+# direction means "more plastic" or "closer to BASE"). Labels come from the report schema.
 COMPARED = (
-    ("output.entropy_mean", ("output", "entropy_mean"), "mean entropy (nats)", "higher"),
-    ("output.entropy_ratio", ("output", "entropy_ratio"), "entropy / BASE entropy", "higher"),
-    ("output.confident_share", ("output", "confident_share"),
-     "share of tokens with p_max > 0.99", "lower"),
-    ("output.p_max_mean", ("output", "p_max_mean"), "mean max-probability", "lower"),
-    ("output.kl_mean", ("output", "kl_mean"), "KL to BASE (nats/token)", "lower"),
-    ("output.nll_mean", ("output", "nll_mean"), "NLL of the calibration responses", "lower"),
-    ("weights.overall.rel_drift", ("weights", "overall", "rel_drift"),
-     "relative drift from BASE", "lower"),
-    ("weights.drift_max", ("weights", "drift_max"), "largest tensor drift", "lower"),
-    ("weights.spikiness", ("weights", "spikiness"), "spikiness (top-0.1% energy share)",
-     "lower"),
-    ("units.dormant_0.025", ("units", "dormant", "0.025"), "dormant units (ReDo ≤ 0.025)",
-     "lower"),
-    ("units.saturated", ("units", "saturated"), "saturated units", "lower"),
-    ("sharpness.ratio", ("sharpness", "ratio"), "sharpness / BASE sharpness", "lower"),
-)  # fmt: skip
+    ("output.entropy_mean", "output.candidate.entropy_mean", "higher"),
+    ("output.entropy_ratio", "output.candidate.entropy_ratio", "higher"),
+    ("output.confident_share", "output.candidate.confident_share", "lower"),
+    ("output.p_max_mean", "output.candidate.p_max_mean", "lower"),
+    ("output.kl_mean", "output.candidate.kl_mean", "lower"),
+    ("output.nll_mean", "output.candidate.nll_mean", "lower"),
+    ("weights.overall.rel_drift", "weights.candidate.overall.rel_drift", "lower"),
+    ("weights.drift_max", "weights.candidate.drift_max", "lower"),
+    ("weights.spikiness", "weights.candidate.spikiness", "lower"),
+    ('units.dormant["0.025"]', 'units.candidate.dormant["0.025"]', "lower"),
+    ("units.saturated", "units.candidate.saturated", "lower"),
+    ("sharpness.ratio", "sharpness.candidate_ratio", "lower"),
+)
+
+
+# Rule metrics not in COMPARED, and where the candidate's value of each sits.
+CANDIDATE_RULE_PATHS = {"units.dormant_increase": "units.candidate.dormant_increase"}
 
 
 def _dig(data, keys):
@@ -200,16 +236,16 @@ def _dig(data, keys):
 
 
 def comparison(report: dict) -> list[dict]:
-    """Before (SFT) / after (candidate) rows for the metrics measured in this run."""
+    """Before (SFT) / after (candidate) rows for the metrics measured in this run. `metric` is
+    the gate path of SFT's value, `candidate_metric` the candidate's."""
     rows = []
-    for path, keys, label, better in COMPARED:
-        section, rest = keys[0], keys[1:]
-        after_keys = (section, "candidate_ratio") if section == "sharpness" else (
-            section, "candidate", *rest)  # fmt: skip
+    for path, after_path, better in COMPARED:
+        keys, after_keys = parse_path(path), parse_path(after_path)
         before, after = _dig(report, keys), _dig(report, after_keys)
         if before is None or after is None:
             continue
         improved = after > before if better == "higher" else after < before
-        rows.append({"metric": path, "label": label, "sft": before, "candidate": after,
-                     "better": better, "improved": bool(improved)})  # fmt: skip
+        rows.append({"metric": path, "candidate_metric": after_path, "label": label(*keys),
+                     "sft": before, "candidate": after, "better": better,
+                     "improved": bool(improved)})  # fmt: skip
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -46,21 +47,25 @@ WATCH_FOR_RIGID = 3  # this many warning signs together also make a checkpoint r
 _OPS = {"<": operator.lt, ">": operator.gt}
 
 
-def judge(metrics: dict[str, float | None]) -> tuple[str, list[dict]]:
+def judge(metrics: dict[str, float | None],
+          paths: dict[str, str] | None = None) -> tuple[str, list[dict]]:  # fmt: skip
     """Apply RULES to metric values by path (absent or None: not measured, rule skipped).
 
     Returns (label, reasons): rigid if a rigid rule fired or WATCH_FOR_RIGID watch rules did,
-    watch if any fired, else ok.
+    watch if any fired, else ok. `paths` maps a rule's metric to where the judged model's value
+    sits in the report (the candidate's: `output.candidate.entropy_mean`); a reason names that.
     """
+    paths = paths or {}
     reasons = []
     for r in RULES:
         value = metrics.get(r.metric)
         if value is None or not _OPS[r.op](value, r.threshold):
             continue
+        metric = paths.get(r.metric, r.metric)
         reasons.append({
-            "id": r.id, "level": r.level, "metric": r.metric, "value": value,
+            "id": r.id, "level": r.level, "metric": metric, "value": value,
             "threshold": r.threshold, "op": r.op,
-            "message": f"{r.metric} = {value:.4g} {r.op} {r.threshold:g}: {r.why}",
+            "message": f"{metric} = {value:.4g} {r.op} {r.threshold:g}: {r.why}",
         })  # fmt: skip
     watch = sum(1 for x in reasons if x["level"] == "watch")
     if any(x["level"] == "rigid" for x in reasons) or watch >= WATCH_FOR_RIGID:
@@ -68,16 +73,22 @@ def judge(metrics: dict[str, float | None]) -> tuple[str, list[dict]]:
     return ("watch" if reasons else "ok"), reasons
 
 
-def suggested_command(label: str, base: str, sft: str) -> str | None:
-    """The `rejuv fuse` line to try next, then diagnose its output against the SFT."""
+def suggested_command(label: str, base: str, sft: str, diagnose_flags: Sequence[str] = (),
+                      fuse_flags: Sequence[str] = ()) -> str | None:  # fmt: skip
+    """The `rejuv fuse` line to try next, then diagnose its output against the SFT.
+
+    `diagnose_flags` are the user's measurement flags (calibration, samples, device, ...):
+    the check must measure the way this run did, or its verdict is not comparable (the demo's
+    char-level tokenizer cannot represent the default builtin:math text, for one).
+    `fuse_flags` go to the fuse line (the device)."""
     if label == "ok":
         return None
     out = _stem(sft) + "-rejuv"
     fuse = ["rejuv", "fuse", base, sft, "--out", out]
     # rigid: the paper's full recipe (α = 0.5, 1% reset); watch: a gentler pull toward BASE.
     fuse += ["--recipe", "paper"] if label == "rigid" else ["--alpha", "0.7", "--reset", "0"]
-    check = ["rejuv", "diagnose", base, sft, "--candidate", out]
-    return f"{shlex.join(fuse)} && {shlex.join(check)}"
+    check = ["rejuv", "diagnose", base, sft, "--candidate", out, *diagnose_flags]
+    return f"{shlex.join([*fuse, *fuse_flags])} && {shlex.join(check)}"
 
 
 def _stem(spec: str) -> str:

@@ -145,4 +145,6 @@ def render_inspect(console, r: dict) -> None:
     t.add_row("unaccounted", ", ".join(r["unaccounted"]) or "none")
     for problem in r["misfits"]:
         t.add_row("[red]misfit[/red]", problem)
+    for warning in r.get("warnings", []):
+        t.add_row("[yellow]warning[/yellow]", warning)
     console.print(t)

@@ -1,8 +1,15 @@
-"""Terminal rendering of a `rejuv diagnose` report (stderr). No torch."""
+"""Terminal rendering of a `rejuv diagnose` report (stderr). No torch.
+
+Every number shown carries its `--fail-on` path beside its label: a table's row names its
+path and a column header its key, the cell's path being the two joined (`weights.overall` +
+`.rel_drift`). `shown_paths` lists them all (tested to resolve in the report).
+"""
 
 from __future__ import annotations
 
 from rich.table import Table
+
+from rejuv_cli.report.gates import format_path
 
 LABEL_STYLE = {"rigid": "bold red", "watch": "bold yellow", "ok": "bold green"}
 MAX_LAYERS = 48  # larger models: show the layers with the largest drift only
@@ -27,7 +34,7 @@ def render_diagnose(console, r: dict) -> None:
     if r["units"] is not None:
         _units(console, r["units"])
     if r["sharpness"] is not None:
-        _sharpness(console, r["sharpness"])
+        _sharpness(console, r["sharpness"], r.get("null_reasons") or {})
     if r.get("comparison"):
         _comparison(console, r["comparison"])
     if r["output"] is None:
@@ -52,34 +59,71 @@ def _verdict(console, v: dict, inputs: dict) -> None:
         console.print(f"next: {v['suggested_command']}", soft_wrap=True)
 
 
-def _weights(console, w: dict) -> None:
-    t = Table(title="weights: Δ = SFT − BASE", title_justify="left")
-    for col in ("", "rel drift", "cosine", "msd", "kurtosis", "top 0.1% share", "max|Δ|/std"):
-        t.add_column(col, justify="right" if col else "left")
-    rows = [("overall", w["overall"])]
+WEIGHT_COLS = (("rel drift", "rel_drift"), ("cosine", "cosine"), ("msd", "msd"),
+               ("kurtosis", "kurtosis"), ("top 0.1% share", "top_share"),
+               ("max|Δ|/std", "max_over_std"))  # fmt: skip
+UNIT_DRIFT_COLS = (("units", "count"), ("mean", "mean"), ("p50", "p50"), ("p90", "p90"),
+                   ("p99", "p99"), ("max", "max"))  # fmt: skip
+RANK_COLS = (("stable rank", "stable_rank"), ("effective rank", "effective_rank"),
+             ("max rank", "max_rank"))  # fmt: skip
+OUTPUT_COLS = (("entropy (nats)", "entropy_mean"), ("H / H_base", "entropy_ratio"),
+               ("mean p_max", "p_max_mean"), ("p_max > 0.99", "confident_share"),
+               ("NLL", "nll_mean"), ("KL to BASE", "kl_mean"), ("tokens", "tokens"))  # fmt: skip
+SHARPNESS_KEYS = (("base", "base"), ("sft", "sft"), ("ratio", "ratio"),
+                  ("candidate", "candidate"), ("ratio", "candidate_ratio"))  # fmt: skip
+
+
+def _keys(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def rel(key) -> str:
+    """A column's key(s) as they continue a row's path: `.rel_drift`, `.dormant["0.025"]`."""
+    return format_path(("_", *_keys(key)))[1:]
+
+
+def _metric_table(title: str, first: str, cols, rows, percent=()) -> Table:
+    """rows: (name, path tuple, values dict or None); cols: (label, key or key tuple). Each
+    row shows its gate path and each column header its key: a cell's path is the two joined.
+    Columns whose key is in `percent` show as percentages."""
+    t = Table(title=f"{title}  (gate path: row path + column key)", title_justify="left")
+    t.add_column(first, justify="left")
+    t.add_column("gate path", justify="left", style="dim")
+    for label, key in cols:
+        t.add_column(f"{label}\n[dim]{rel(key)}[/]", justify="right")
+    for name, path, values in rows:
+        if values is None:
+            continue
+        cells = []
+        for _, key in cols:
+            v = values
+            for k in _keys(key):
+                v = v.get(k) if isinstance(v, dict) else None
+            cells.append(f"{v:.2%}" if key in percent and v is not None else fmt(v))
+        t.add_row(name, format_path(path), *cells)
+    return t
+
+
+def _weight_rows(w: dict):
+    rows = [("sft", ("weights", "overall"), w["overall"])]
     if "candidate" in w:
-        rows.append(("candidate", w["candidate"]["overall"]))
-    keys = ("rel_drift", "cosine", "msd", "kurtosis", "top_share", "max_over_std")
-    for name, o in rows:
-        t.add_row(name, *(fmt(o[k]) for k in keys))
-    console.print(t)
-    console.print(f"largest tensor drift: {fmt(w['drift_max'])} ({w['drift_max_tensor']})")
+        rows.append(("candidate", ("weights", "candidate", "overall"), w["candidate"]["overall"]))
+    return rows
+
+
+def _weights(console, w: dict) -> None:
+    console.print(_metric_table("weights: Δ = SFT − BASE", "model", WEIGHT_COLS, _weight_rows(w)))
+    console.print(f"largest tensor drift (weights.drift_max): {fmt(w['drift_max'])} in "
+                  f"{w['drift_max_tensor']} (weights.drift_max_tensor)")  # fmt: skip
     _layer_grid(console, w)
     if w.get("units"):
-        u = Table(title="per-unit drift score s_j (the drift scorer's)", title_justify="left")
-        for col in ("module", "units", "mean", "p50", "p90", "p99", "max"):
-            u.add_column(col, justify="left" if col == "module" else "right")
-        for module, s in w["units"].items():
-            u.add_row(module, *(fmt(s[k]) for k in ("count", "mean", "p50", "p90", "p99", "max")))
-        console.print(u)
+        rows = [(m, ("weights", "units", m), s) for m, s in w["units"].items()]
+        console.print(_metric_table("per-unit drift score s_j (the drift scorer's)", "module",
+                                    UNIT_DRIFT_COLS, rows))  # fmt: skip
     if w.get("rank"):
-        rk = Table(title="rank of Δ (mean per module)", title_justify="left")
-        for col in ("module", "stable rank", "effective rank", "max rank"):
-            rk.add_column(col, justify="left" if col == "module" else "right")
-        for module, m in w["rank"]["modules_mean"].items():
-            rk.add_row(module, fmt(m["stable_rank"]), fmt(m["effective_rank"]),
-                       fmt(m["max_rank"]))  # fmt: skip
-        console.print(rk)
+        rows = [(m, ("weights", "rank", "modules_mean", m), v)
+                for m, v in w["rank"]["modules_mean"].items()]  # fmt: skip
+        console.print(_metric_table("rank of Δ (mean per module)", "module", RANK_COLS, rows))
 
 
 def _layer_grid(console, w: dict) -> None:
@@ -90,7 +134,9 @@ def _layer_grid(console, w: dict) -> None:
     if len(layers) > MAX_LAYERS:
         top = sorted(layers, key=lambda i: -w["layers"][str(i)]["rel_drift"])[:MAX_LAYERS]
         layers = sorted(top)
-    t = Table(title="relative drift per layer × module", title_justify="left")
+    t = Table(title="relative drift per layer × module  (gate paths: "
+              'weights.layer_modules["LAYER.MODULE"].rel_drift; last column: '
+              'weights.layers["LAYER"].rel_drift)', title_justify="left")  # fmt: skip
     t.add_column("layer", justify="right")
     for k in kinds:
         t.add_column(k, justify="right")
@@ -108,53 +154,92 @@ def _kind_order(kind: str) -> int:
     return _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
 
 
+def _model_rows(section: str, block: dict):
+    return [("base", (section, "base"), block.get("base")), ("sft", (section,), block),
+            ("candidate", (section, "candidate"), block.get("candidate"))]  # fmt: skip
+
+
 def _output(console, o: dict) -> None:
-    t = Table(title="output: teacher-forced next-token distributions on response tokens",
-              title_justify="left")  # fmt: skip
-    cols = ("model", "entropy (nats)", "H / H_base", "mean p_max", "p_max > 0.99", "NLL",
-            "KL to BASE", "tokens")  # fmt: skip
-    for col in cols:
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in (("base", o["base"]), ("sft", o), ("candidate", o.get("candidate"))):
-        if m is None:
-            continue
-        t.add_row(name, fmt(m["entropy_mean"]), fmt(m.get("entropy_ratio")), fmt(m["p_max_mean"]),
-                  fmt(m["confident_share"]), fmt(m["nll_mean"]), fmt(m.get("kl_mean")),
-                  fmt(m["tokens"]))  # fmt: skip
-    console.print(t)
+    title = "output: teacher-forced next-token distributions on response tokens"
+    console.print(_metric_table(title, "model", OUTPUT_COLS, _model_rows("output", o)))
+
+
+def _unit_cols(u: dict):
+    return (*((f"dormant ≤{x}", ("dormant", str(x))) for x in u["taus"]),
+            ("saturated", "saturated"), ("units", "units"))  # fmt: skip
 
 
 def _units(console, u: dict) -> None:
-    t = Table(title="unit activity (ReDo score s_j = E|h_j| / layer mean)", title_justify="left")
-    taus = [str(x) for x in u["taus"]]
-    for col in ("model", *(f"dormant ≤{x}" for x in taus), "saturated", "units"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in (("base", u["base"]), ("sft", u), ("candidate", u.get("candidate"))):
-        if m is None:
-            continue
-        t.add_row(name, *(f"{m['dormant'][x]:.2%}" for x in taus), f"{m['saturated']:.2%}",
-                  fmt(m["units"]))  # fmt: skip
-    console.print(t)
+    cols = _unit_cols(u)
+    percent = [key for _, key in cols if key != "units"]
+    console.print(_metric_table("unit activity (ReDo score s_j = E|h_j| / layer mean)", "model",
+                                cols, _model_rows("units", u), percent))  # fmt: skip
     if u.get("not_measured"):
         missing = u["not_measured"]
         console.print(f"unit activity not measured for {len(missing)} module instance(s), "
                       f"e.g. {missing[0]} (not a module in transformers)")  # fmt: skip
 
 
-def _sharpness(console, s: dict) -> None:
-    line = (f"sharpness (loss rise under random weight noise, σ_rel {s['sigma_rel']}, "
-            f"{s['draws']} draws): base {fmt(s['base'])}, sft {fmt(s['sft'])}, "
-            f"ratio {fmt(s['ratio'])}")  # fmt: skip
-    if s.get("candidate") is not None:
-        line += f"; candidate {fmt(s['candidate'])}, ratio {fmt(s['candidate_ratio'])}"
-    console.print(line)
+def _sharpness(console, s: dict, nulls: dict) -> None:
+    shown = [(name, key) for name, key in SHARPNESS_KEYS
+             if not key.startswith("candidate") or s.get("candidate") is not None]  # fmt: skip
+    values = ", ".join(f"{name} {fmt(s[key])} [dim](sharpness.{key})[/]" for name, key in shown)
+    console.print(f"sharpness (loss rise under random weight noise, mean of (L(θ+u)+L(θ−u))/2 − "
+                  f"L(θ), σ_rel {s['sigma_rel']}, {s['draws']} draws of ±u): {values}")  # fmt: skip
+    for key in ("ratio", "candidate_ratio")[: 2 if s.get("candidate") is not None else 1]:
+        if s.get(key) is None and f"sharpness.{key}" in nulls:
+            console.print(f"  sharpness.{key} is null: {nulls[f'sharpness.{key}']}")
 
 
 def _comparison(console, rows: list[dict]) -> None:
     t = Table(title="before (SFT) / after (candidate)", title_justify="left")
-    for col in ("metric", "SFT", "candidate", "better", ""):
-        t.add_column(col, justify="left" if col in ("metric", "") else "right")
+    for col in ("metric", "gate path (SFT; candidate)", "SFT", "candidate", "better", ""):
+        t.add_column(col, justify="left" if col in ("metric", "", "gate path (SFT; candidate)")
+                     else "right")  # fmt: skip
     for row in rows:
         mark = "[green]improved[/]" if row["improved"] else "[yellow]not improved[/]"
-        t.add_row(row["label"], fmt(row["sft"]), fmt(row["candidate"]), row["better"], mark)
+        paths = f"[dim]{row['metric']}; {row.get('candidate_metric', '')}[/]"
+        t.add_row(row["label"], paths, fmt(row["sft"]), fmt(row["candidate"]), row["better"],
+                  mark)  # fmt: skip
     console.print(t)
+
+
+def shown_paths(r: dict) -> list[str]:
+    """The gate path of every number the terminal report shows, as it labels them."""
+    out: list[str] = []
+
+    def add(rows, cols) -> None:
+        for _, path, values in rows:
+            if values is not None:
+                for _, key in cols:
+                    v = values
+                    for k in _keys(key):
+                        v = v.get(k, KeyError) if isinstance(v, dict) else KeyError
+                    if v is not KeyError:  # shown as "–" where the model has no such value
+                        out.append(format_path((*path, *_keys(key))))
+
+    w = r["weights"]
+    add(_weight_rows(w), WEIGHT_COLS)
+    out += ["weights.drift_max", "weights.drift_max_tensor"]
+    for k in w["layer_modules"]:
+        out.append(format_path(("weights", "layer_modules", k, "rel_drift")))
+    for k in w["layers"]:
+        out.append(format_path(("weights", "layers", k, "rel_drift")))
+    if w.get("units"):
+        add([(m, ("weights", "units", m), s) for m, s in w["units"].items()], UNIT_DRIFT_COLS)
+    if w.get("rank"):
+        add([(m, ("weights", "rank", "modules_mean", m), v)
+             for m, v in w["rank"]["modules_mean"].items()], RANK_COLS)  # fmt: skip
+    if r["output"] is not None:
+        add(_model_rows("output", r["output"]), OUTPUT_COLS)
+    if r["units"] is not None:
+        add(_model_rows("units", r["units"]), _unit_cols(r["units"]))
+    if r["sharpness"] is not None:
+        has_candidate = r["sharpness"].get("candidate") is not None
+        out += [f"sharpness.{key}" for _, key in SHARPNESS_KEYS
+                if has_candidate or not key.startswith("candidate")]  # fmt: skip
+    for row in r.get("comparison") or []:
+        out += [row["metric"], row["candidate_metric"]]
+    candidate = r["verdict"]["candidate"] or {}
+    out += [x["metric"] for x in r["verdict"]["reasons"] + candidate.get("reasons", [])]
+    return out

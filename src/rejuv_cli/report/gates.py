@@ -29,8 +29,10 @@ Rules:
 * `<`, `<=`, `>`, `>=` need a number; strings (words or quoted) compare only with `==`, `!=`.
 * Values must be finite: `nan`, `inf` and overflowing literals such as `1e999` are refused.
 * The path must name a number, a boolean (true counts as 1, false as 0) or a string in the
-  report. A missing key, a null (a section that was not measured in this run), an object or
-  list, or a number compared with a string is a usage error (exit code 2), not a pass.
+  report. A missing key, a null (a section that was not measured in this run; the message
+  gives the report's `null_reasons` entry for it), an object or list, or a number compared
+  with a string is a usage error (exit code 2), not a pass. `report/schema.py` checks paths
+  against the report's declared structure before the run.
 * A NaN in the report trips the gate whatever the comparison: a gate cannot vouch for it.
 
 Pure standard library; imports nothing from the project but `rejuv_cli.errors`.
@@ -156,6 +158,8 @@ class _Parser:
                     index = self.match(_INT)
                     if index is None:
                         raise self.fail("expected an integer index or a quoted key after '['")
+                    if len(index.lstrip("-")) > 18:  # no report list is that long
+                        raise self.fail("expected a list index of at most 18 digits")
                     parts.append(int(index))
                 self.skip_space()
                 if self.peek() != "]":
@@ -304,7 +308,9 @@ def _resolve(gate: Gate, report: dict) -> object:
             raise fail(f"'{here}' is {_kind(node)}, not an object; it has no '{part}'")
         if node is None:
             where = format_path(gate.path[: depth + 1])
-            raise fail(f"'{where}' is null in this report (not measured in this run)")
+            # The diagnose report says why each of its nulls is null (report/schema.py).
+            why = (report.get("null_reasons") or {}).get(where) or "not measured in this run"
+            raise fail(f"'{where}' is null in this report ({why})")
 
     where = format_path(gate.path)
     if isinstance(node, dict):

@@ -3,6 +3,8 @@
 Inline CSS and inline SVG drawn here (no JavaScript, no external URLs, fonts or images), so the
 page opens offline and can be attached to an issue or a run log. Stdlib only: never imports
 torch or numpy. Every string taken from the report (paths, tensor names, messages) is escaped.
+Every number shown carries its `--fail-on` gate path: beside its label (row and column heads
+show their part of it) and on the cell itself (`data-path`, and the tooltip).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Sequence
+
+from rejuv_cli.report.gates import format_path
+from rejuv_cli.report.schema import label as schema_label
 
 MODULE_ORDER = ("q", "k", "v", "o", "attn", "mlp", "norm", "embed", "router", "other")
 STAT_KEYS = ("rel_drift", "cosine", "msd", "kurtosis", "top_share", "max_over_std")
@@ -23,6 +28,7 @@ OUTPUT_KEYS = (
     ("tokens", "tokens"),
 )
 TOP_TENSORS = 20
+CELL, LAYER, TENSOR = '["LAYER.MODULE"]', '["LAYER"]', '["TENSOR"]'  # placeholders
 DASH = "–"
 FOOTER = "Verdicts are heuristics: no single metric is a validated predictor of RL gain."
 
@@ -88,6 +94,8 @@ figcaption { color: var(--muted); font-size: 12px; margin-top: 2px; }
 svg { max-width: 100%; height: auto; display: block; }
 svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 details > summary { cursor: pointer; color: var(--muted); margin: 4px 0; }
+.path { color: var(--muted); font-family: ui-monospace, SFMono-Regular, Menlo, Consolas,
+  "Liberation Mono", monospace; font-size: 11px; font-weight: 400; word-break: break-all; }
 footer { margin-top: 36px; padding-top: 10px; border-top: 1px solid var(--line);
   color: var(--muted); font-size: 13px; }
 """
@@ -144,8 +152,32 @@ def _finite(x: object) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _num(x: object, cls: str = "num") -> str:
-    return f'<td class="{cls}">{fmt(x)}</td>'
+def _num(x: object, cls: str = "num", path: Sequence | None = None) -> str:
+    """A numeric cell; `path` (keys) gives it its gate path as data-path and tooltip."""
+    if path is None:
+        return f'<td class="{cls}">{fmt(x)}</td>'
+    where = esc(path if isinstance(path, str) else format_path(path))
+    return f'<td class="{cls}" data-path="{where}" title="{where}">{fmt(x)}</td>'
+
+
+def _path(path: Sequence | str) -> str:
+    """A gate path shown under or beside a label."""
+    text = path if isinstance(path, str) else format_path(path)
+    return f'<span class="path">{esc(text)}</span>'
+
+
+def _head(text: str, key: str | Sequence) -> str:
+    """A column head: its label, and under it the key that continues the row's gate path."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    return f"{text}<br>{_path(format_path(('_', *keys))[1:])}"
+
+
+def _row_head(name: str, path: Sequence) -> str:
+    return f"<td><strong>{esc(name)}</strong><br>{_path(path)}</td>"
+
+
+def _has(d: dict | None, key: str) -> bool:
+    return isinstance(d, dict) and key in d
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
@@ -276,8 +308,10 @@ def heatmap_svg(
     columns: Sequence[str],
     scale: ColorScale,
     title: str,
+    path: Sequence[str] = ("weights",),
 ) -> str:
-    """Layers (rows) × module kinds (columns) coloured by rel_drift, with a colour legend."""
+    """Layers (rows) × module kinds (columns) coloured by rel_drift, with a colour legend.
+    `path`: where the cells' section sits in the report (each cell's data-path)."""
     cw = max(40, min(64, 470 // max(len(columns), 1)))  # two maps side by side at 1200px
     ch = max(8, min(24, 640 // max(len(layers), 1)))
     left, top = 64, 50
@@ -313,9 +347,11 @@ def heatmap_svg(
             color = scale.rgb(value)
             fill = _css_rgb(color) if color else "#e9ecef"
             tip = f"layer {layer} · module {module} · rel_drift {fmt(value)}"
+            where = format_path((*path, "layer_modules", f"{layer}.{module}", "rel_drift"))
             out.append(
                 f'<rect class="cell" data-layer="{layer}" data-module="{esc(module)}" '
-                f'x="{left + j * cw}" y="{y}" width="{cw - 1}" height="{ch - 1}" fill="{fill}">'
+                f'data-path="{esc(where)}" x="{left + j * cw}" y="{y}" width="{cw - 1}" '
+                f'height="{ch - 1}" fill="{fill}">'
                 f"<title>{esc(tip)}</title></rect>"
             )
             if show_text:
@@ -563,7 +599,7 @@ def _verdict_block(v: dict, title: str) -> str:
                 (
                     f'<td class="mono">{badge}{esc(r.get("id", ""))}</td>',
                     f'<td class="mono">{esc(r.get("metric", ""))}</td>',
-                    _num(r.get("value")),
+                    _num(r.get("value"), path=r.get("metric") or None),
                     _num(r.get("threshold")),
                     f"<td>{esc(r.get('message', ''))}</td>",
                 )
@@ -605,12 +641,14 @@ def _comparison(report: dict) -> str:
         else:
             mark = '<span class="same">no change</span>'
         label = c.get("label") or c.get("metric", "")
+        after = c.get("candidate_metric")
         rows.append(
             (
-                f'<td>{esc(label)} <span class="muted small mono">{esc(c.get("metric", ""))}'
-                "</span></td>",
-                _num(c.get("sft")),
-                _num(c.get("candidate")),
+                f"<td>{esc(label)}<br>{_path(c.get('metric', ''))}"
+                + (f"; {_path(after)}" if after else "")
+                + "</td>",
+                _num(c.get("sft"), path=c.get("metric") or None),
+                _num(c.get("candidate"), path=after),
                 f'<td class="num">{arrow}</td>',
                 f"<td>{esc(c.get('better') or '')} is better</td>",
                 f"<td>{mark}</td>",
@@ -637,23 +675,28 @@ def _output(report: dict) -> str:
             "tokens each.</p>"
         )
     rows = []
-    for name, d in (
-        ("base", output.get("base")),
-        ("sft", output),
-        ("candidate", output.get("candidate")),
+    for name, d, path in (
+        ("base", output.get("base"), ("output", "base")),
+        ("sft", output, ("output",)),
+        ("candidate", output.get("candidate"), ("output", "candidate")),
     ):
         if not d:
             continue
         rows.append(
-            [f"<td><strong>{name}</strong></td>"] + [_num(d.get(k)) for k, _ in OUTPUT_KEYS]
+            [_row_head(name, path)]
+            + [_num(d.get(k), path=(*path, k) if _has(d, k) else None) for k, _ in OUTPUT_KEYS]
         )
-    out.append(_table(["model"] + [h for _, h in OUTPUT_KEYS], rows, "wide output"))
+    head = ["model · gate path"] + [_head(h, k) for k, h in OUTPUT_KEYS]
+    out.append(_table(head, rows, "wide output"))
     svg = entropy_histogram_svg(output)
     if svg:
         out.append(
             f"<figure>{svg}<figcaption>Share of calibration tokens per entropy bin; dashed "
             "lines mark each model's mean entropy. A mass piled up near 0 nats means the model "
-            "is near-deterministic on these prompts.</figcaption></figure>"
+            "is near-deterministic on these prompts. Gate paths: "
+            f"{_path('output.entropy_hist.counts[i]')} (bin edges {_path('…edges[i]')}; "
+            f"BASE's under {_path('output.base')}, the candidate's under "
+            f"{_path('output.candidate')}).</figcaption></figure>"
         )
     return "".join(out)
 
@@ -666,20 +709,23 @@ def _weights(report: dict) -> str:
         return "".join(out)
     cand = w.get("candidate") or None
     # summary
-    rows = [
-        ["<td><strong>sft</strong></td>"]
-        + [_num((w.get("overall") or {}).get(k)) for k in STAT_KEYS]
-    ]
+    overall = [("sft", w, ("weights", "overall"))]
     if cand:
-        rows.append(
-            ["<td><strong>candidate</strong></td>"]
-            + [_num((cand.get("overall") or {}).get(k)) for k in STAT_KEYS]
-        )
-    out.append(_table(["overall vs base"] + list(STAT_KEYS), rows, "overall"))
+        overall.append(("candidate", cand, ("weights", "candidate", "overall")))
+    rows = [
+        [_row_head(name, path)]
+        + [_num((d.get("overall") or {}).get(k), path=(*path, k)) for k in STAT_KEYS]
+        for name, d, path in overall
+    ]
+    head = ["overall vs base · gate path"]
+    head += [_head(esc(schema_label("weights", "overall", k) or k), k) for k in STAT_KEYS]
+    out.append(_table(head, rows, "overall"))
     if w.get("drift_max_tensor"):
         out.append(
             f'<p class="small">Largest relative drift: <span class="mono">'
-            f"{esc(w['drift_max_tensor'])}</span> ({fmt(w.get('drift_max'))}).</p>"
+            f"{esc(w['drift_max_tensor'])}</span> {_path('weights.drift_max_tensor')} "
+            f'(<span data-path="weights.drift_max">{fmt(w.get("drift_max"))}</span> '
+            f"{_path('weights.drift_max')}).</p>"
         )
     # heatmaps, sharing one colour scale
     cells = _layer_cells(w.get("layer_modules"))
@@ -698,11 +744,19 @@ def _weights(report: dict) -> str:
                     columns,
                     scale,
                     "Candidate vs base (same colour scale)",
+                    ("weights", "candidate"),
                 )
             )
         out.append("<h3>Relative drift ‖Δ‖/‖θ<sub>base</sub>‖ per layer × module</h3>")
         out.append(
             '<div class="plots">' + "".join(f"<figure>{s}</figure>" for s in svgs) + "</div>"
+        )
+        out.append(
+            '<p class="small muted">Gate path of a cell: '
+            + _path(f"weights.layer_modules{CELL}.rel_drift")
+            + " (the candidate's: "
+            + _path(f"weights.candidate.layer_modules{CELL}.rel_drift")
+            + ").</p>"
         )
     # per-layer bars
     layers_d = w.get("layers") or {}
@@ -733,18 +787,24 @@ def _weights(report: dict) -> str:
                 height=260,
                 tip="layer {cat} · {series} · rel_drift {value}",
             )
-            + "</figure>"
+            + "<figcaption>Gate paths: "
+            + _path(f"weights.layers{LAYER}.rel_drift")
+            + ", the candidate's "
+            + _path(f"weights.candidate.layers{LAYER}.rel_drift")
+            + ".</figcaption></figure>"
         )
     # per-module unit drift
     units = w.get("units")
     if units:
+        keys = ("count", "p50", "p90", "p99", "max")
         rows = [
-            [f'<td class="mono">{esc(m)}</td>']
-            + [_num(u.get(k)) for k in ("count", "p50", "p90", "p99", "max")]
+            [f'<td class="mono">{esc(m)}<br>{_path(("weights", "units", m))}</td>']
+            + [_num(u.get(k), path=("weights", "units", m, k)) for k in keys]
             for m, u in sorted(units.items(), key=lambda kv: _module_rank(kv[0]))
         ]
         out.append("<h3>Per-unit drift by module kind</h3>")
-        out.append(_table(["module", "units", "p50", "p90", "p99", "max"], rows, "unit-drift"))
+        head = ["module · gate path"] + [_head("units" if k == "count" else k, k) for k in keys]
+        out.append(_table(head, rows, "unit-drift"))
     out.append(_top_tensors(w, cand))
     return "".join(out)
 
@@ -768,18 +828,26 @@ def _top_tensors(w: dict, cand: dict | None) -> str:
     rows = []
     for i, (name, t) in enumerate(top, 1):
         t = t or {}
+        at = ("weights", "tensors", name)
         row = [
             f'<td class="num muted">{i}</td>',
             f'<td class="mono name">{esc(name)}</td>',
-            _num(t.get("numel")),
-        ] + [_num(t.get(k)) for k in cols]
+            _num(t.get("numel"), path=(*at, "numel")),
+        ] + [_num(t.get(k), path=(*at, k)) for k in cols]
         if ct:
-            row.append(_num((ct.get(name) or {}).get("rel_drift")))
+            where = ("weights", "candidate", "tensors", name, "rel_drift")
+            row.append(_num((ct.get(name) or {}).get("rel_drift"), path=where))
         rows.append(row)
-    head = ["#", "tensor", "numel", *cols] + (["candidate rel_drift"] if ct else [])
+    head = ["#", "tensor", _head("numel", "numel"), *(_head(k, k) for k in cols)]
+    if ct:
+        head.append(f"candidate rel_drift<br>{_path(f'weights.candidate.tensors{TENSOR}')}")
     n = min(TOP_TENSORS, len(tensors))
-    return f"<h3>Top {n} of {len(tensors):,} tensors by relative drift</h3>" + _table(
-        head, rows, "wide tensors"
+    return (
+        f"<h3>Top {n} of {len(tensors):,} tensors by relative drift</h3>"
+        '<p class="small muted">Gate path: '
+        + _path(f"weights.tensors{TENSOR}")
+        + " + column key.</p>"
+        + _table(head, rows, "wide tensors")
     )
 
 
@@ -799,43 +867,57 @@ def _units(report: dict) -> str:
 
     out = ["<h2>Unit activity</h2>"]
     rows = []
-    for name, d in (
-        ("base", units.get("base")),
-        ("sft", units),
-        ("candidate", units.get("candidate")),
+    keys = {t: next((k for k in units.get("dormant") or {} if _tau(k) == t), t) for t in taus}
+    for name, d, path in (
+        ("base", units.get("base"), ("units", "base")),
+        ("sft", units, ("units",)),
+        ("candidate", units.get("candidate"), ("units", "candidate")),
     ):
         if not d:
             continue
         rows.append(
-            [f"<td><strong>{name}</strong></td>"]
-            + [_num(dormant(d.get("dormant"), t)) for t in taus]
-            + [_num(d.get("saturated"))]
+            [_row_head(name, path)]
+            + [_num(dormant(d.get("dormant"), t), path=(*path, "dormant", keys[t])) for t in taus]
+            + [_num(d.get("saturated"), path=(*path, "saturated"))]
         )
-    head = [f"dormant τ={t}" for t in taus] + ["saturated"]
+    head = [_head(f"dormant τ={t}", ("dormant", keys[t])) for t in taus]
+    head += [_head("saturated", "saturated")]
     out.append(
         '<p class="muted small">Share of units whose normalised mean activation is below τ '
         "(dormant) or pinned at saturation, on the calibration set.</p>"
     )
-    out.append(_table(["model", *head], rows, "units-summary"))
+    out.append(_table(["model · gate path", *head], rows, "units-summary"))
     layers = units.get("layers") or []
     if layers:
         pkeys = ("p1", "p5", "p50", "p95", "p99")
         lrows = []
-        for r in sorted(
-            layers, key=lambda r: (_sort_int(r.get("layer")), _module_rank(str(r.get("module"))))
-        ):
+        order = sorted(
+            range(len(layers)),
+            key=lambda i: (
+                _sort_int(layers[i].get("layer")),
+                _module_rank(str(layers[i].get("module"))),
+            ),
+        )
+        for i in order:
+            r, at = layers[i], ("units", "layers", i)
             pct = r.get("percentiles") or {}
             lrows.append(
                 [
+                    f'<td class="num">{_path(at)}</td>',
                     _num(r.get("layer")),
                     f'<td class="mono">{esc(r.get("module", ""))}</td>',
-                    _num(r.get("units")),
+                    _num(r.get("units"), path=(*at, "units")),
                 ]
-                + [_num(dormant(r.get("dormant"), t)) for t in taus]
-                + [_num(r.get("saturated"))]
-                + [_num(pct.get(k)) for k in pkeys]
+                + [_num(dormant(r.get("dormant"), t), path=(*at, "dormant", keys[t])) for t in taus]
+                + [_num(r.get("saturated"), path=(*at, "saturated"))]
+                + [_num(pct.get(k), path=(*at, "percentiles", k)) for k in pkeys]
             )
-        table = _table(["layer", "module", "units", *head, *pkeys], lrows, "wide units-layers")
+        phead = [_head(k, ("percentiles", k)) for k in pkeys]
+        table = _table(
+            ["gate path", "layer", "module", _head("units", "units"), *head, *phead],
+            lrows,
+            "wide units-layers",
+        )
         opened = " open" if len(lrows) <= 48 else ""
         out.append(
             f"<details{opened}><summary>Per layer × module (SFT), {len(lrows)} rows; "
@@ -855,27 +937,28 @@ def _sharpness(report: dict) -> str:
     s = report.get("sharpness")
     if not s:
         return ""
-    rows = [
-        ("SFT", s.get("sft")),
-        ("base", s.get("base")),
-        ("ratio SFT ÷ base", s.get("ratio")),
-    ]
+    keys = [("SFT", "sft"), ("base", "base"), ("ratio SFT ÷ base", "ratio")]
     if s.get("candidate") is not None:
-        rows += [
-            ("candidate", s.get("candidate")),
-            ("ratio candidate ÷ base", s.get("candidate_ratio")),
-        ]
-    rows += [
-        ("σ (relative)", s.get("sigma_rel")),
-        ("draws", s.get("draws")),
-        ("seed", s.get("seed")),
+        keys += [("candidate", "candidate"), ("ratio candidate ÷ base", "candidate_ratio")]
+    keys += [("σ (relative)", "sigma_rel"), ("draws (each ±u)", "draws"), ("seed", "seed")]
+    nulls = report.get("null_reasons") or {}
+    body = "".join(
+        f"<tr><th>{esc(name)}<br>{_path(('sharpness', k))}</th>"
+        + _num(s.get(k), path=("sharpness", k))
+        + "</tr>"
+        for name, k in keys
+    )
+    why = [
+        f'<p class="small">{_path(f"sharpness.{k}")} is null: {esc(nulls[f"sharpness.{k}"])}</p>'
+        for k in ("ratio", "candidate_ratio")
+        if s.get(k) is None and f"sharpness.{k}" in nulls
     ]
-    body = "".join(f'<tr><th>{esc(k)}</th><td class="num">{fmt(v)}</td></tr>' for k, v in rows)
     return (
         "<h2>Sharpness</h2>"
-        '<p class="muted small">Mean loss increase under random relative weight perturbations '
-        "(higher = sharper minimum).</p>"
-        f'<table class="kv sharpness">{body}</table>'
+        '<p class="muted small">Mean loss increase under random relative weight perturbations, '
+        "each direction u probed both ways: (L(θ+u) + L(θ−u))/2 − L(θ) (higher = sharper "
+        "minimum).</p>"
+        f'<table class="kv sharpness">{body}</table>' + "".join(why)
     )
 
 
