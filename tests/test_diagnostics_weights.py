@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,26 @@ def test_a_planted_change_is_found_in_its_layer(llama_copy):
 )
 def test_module_kinds(name, kind):
     assert module_kind(name) == kind
+
+
+def test_weight_report_is_the_same_under_any_hash_seed():
+    """Sets of tensor names iterate in an order that depends on PYTHONHASHSEED; every float
+    sum over them must not, or two runs of the same diagnose differ in the last bit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    reports = []
+    root = Path(__file__).resolve().parents[1] / "bench" / "handoff" / "demo"
+    demo = [str(root / "base"), str(root / "sft")]  # 28 matrices: enough for order to show
+    for seed in ("1", "2", "3", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-m", "rejuv_cli", "diagnose", *demo,
+                               "--weights-only", "--json", "-", "-q"], env=env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        report = json.loads(done.stdout)
+        del report["seconds"]
+        reports.append(report)
+    assert reports[0]["weights"]["spikiness"] > 0
+    assert all(report == reports[0] for report in reports[1:])

@@ -103,10 +103,11 @@ def spikiness(tensors: dict[str, dict], matrices: set[str]) -> float:
     the few tensors with the largest Δ (norm vectors, embeddings); about 0.013 for a
     Gaussian update of large matrices. Vectors are left out: their top 0.1% is one entry.
     """
-    total = sum(tensors[n]["numel"] for n in matrices)
+    names = sorted(matrices)  # a set's order changes with the hash seed; float sums with order
+    total = sum(tensors[n]["numel"] for n in names)
     if not total:
         return 0.0
-    return sum(tensors[n]["top_share"] * tensors[n]["numel"] for n in matrices) / total
+    return sum(tensors[n]["top_share"] * tensors[n]["numel"] for n in names) / total
 
 
 def summarize(moments: dict[str, DeltaMoments], matrices: set[str] = frozenset()) -> dict:
