@@ -4,7 +4,7 @@
     python bench/make_pair.py --preset bench --out .bench/pair   # ~301.5M params bf16, ~20 s
 
 Writes OUT/base and OUT/sft: real Hugging Face checkpoints (sharded safetensors + index,
-config.json, tokenizer with a chat template) made by `rejuv_cli.synth.make_pair`, so
+config.json, tokenizer with a chat template) made by `rejuv_cli.testing.synth.make_pair`, so
 `AutoModelForCausalLM.from_pretrained` loads them. SFT = BASE + seeded noise of 2% of each
 tensor's std. An existing pair of the same shape is reused unless --force is given.
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 # Shapes only: everything else (vocab 128 for the demo, GQA, untied lm_head, special token
-# ids) comes from rejuv_cli.synth's Llama defaults.
+# ids) comes from rejuv_cli.testing.synth's Llama defaults.
 PRESETS: dict[str, dict] = {
     "demo": {
         "max_shard_size": "200KB",  # several shards even for a tiny model
@@ -87,7 +87,7 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> tuple[P
 
     from transformers.utils import logging as hf_logging
 
-    from rejuv_cli.synth import make_pair
+    from rejuv_cli.testing.synth import make_pair
 
     hf_logging.disable_progress_bar()  # per-shard bars would bury the one line that matters
     t0 = time.perf_counter()

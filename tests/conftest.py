@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from rejuv_cli.cli import app
-from rejuv_cli.synth import make_pair
+from rejuv_cli.testing.synth import make_pair
 
 FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "mixtral"]
 

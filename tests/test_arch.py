@@ -12,7 +12,7 @@ from rejuv_cli.arch.units import family_map, module_instances
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.errors import ArchError
 from rejuv_cli.inspection import inspect_checkpoint
-from rejuv_cli.synth import make_pair
+from rejuv_cli.testing.synth import make_pair
 
 EXTRA = [
     "qwen3",
@@ -35,7 +35,7 @@ def extra_pairs(tmp_path_factory):
 
 
 def expected_modules(family: str) -> dict[str, tuple[int, int]]:
-    """module -> (units per instance, instances) from the tiny configs in rejuv_cli.synth."""
+    """module -> (units per instance, instances) from rejuv_cli.testing.synth's tiny configs."""
     q, kv, mlp = 32, 16, 64
     attn = {"q": (q, 2), "k": (kv, 2), "v": (kv, 2), "o": (q, 2)}
     if family == "gpt2":  # no GQA; n_inner defaults to 4 * n_embd

@@ -10,13 +10,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rejuv_cli.calib.attribution import (
-    attribution_scores,
-    gaps_from,
-    response_entropies,
-    select_positions,
-    target_positions,
-)
 from rejuv_cli.calib.data import load_examples
 from rejuv_cli.calib.encode import batches, encode, pad_id_of
 from rejuv_cli.calib.forward import activation_sites, response_logits, shared_vocab
@@ -24,7 +17,14 @@ from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.ops.tokens import log_probs, token_stats
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe
-from rejuv_cli.scoring import unit_layout
+from rejuv_cli.reset.attribution import (
+    attribution_scores,
+    gaps_from,
+    response_entropies,
+    select_positions,
+    target_positions,
+)
+from rejuv_cli.reset.layout import unit_layout
 
 CPU = torch.device("cpu")
 # Measured: max |linearised − real| ≈ 6e-8 on logits of ~0.3 (relative ≈ 1e-7), float32 CPU.

@@ -18,7 +18,7 @@ import torch
 from rejuv_cli.calib.data import BUILTIN, Example, load_examples
 from rejuv_cli.calib.encode import Encoded, batches, encode, pad_id_of
 from rejuv_cli.errors import CalibError, RejuvError
-from rejuv_cli.synth import tiny_tokenizer
+from rejuv_cli.testing.synth import tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_DIR = ROOT / "src" / "rejuv_cli" / "calib" / "builtin"

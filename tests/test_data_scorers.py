@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe, ResetSettings
-from rejuv_cli.scoring import SCORERS, unit_layout
+from rejuv_cli.reset.layout import unit_layout
+from rejuv_cli.reset.registry import SCORERS
 
 FAST = ("--samples", "6")
 

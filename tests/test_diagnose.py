@@ -214,7 +214,7 @@ def test_other_families(pairs, family):
 
 
 def test_added_tokens_compare_on_the_shared_vocabulary(tmp_path):
-    from rejuv_cli.synth import make_pair
+    from rejuv_cli.testing.synth import make_pair
 
     base, sft = make_pair(tmp_path, "llama", seed=3, added_tokens=2)
     r = run_cli("diagnose", base, sft, *FAST, "--json", "-")

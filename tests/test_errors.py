@@ -11,7 +11,7 @@ import torch
 from conftest import fails, load_dir, run_cli
 from safetensors.torch import save_file
 
-from rejuv_cli.synth import make_pair
+from rejuv_cli.testing.synth import make_pair
 
 
 def first_shard(d):
@@ -185,10 +185,10 @@ def test_missing_input_and_bad_hub_id(llama, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--alpha", "1.5"], "Invalid value for '--alpha'"),
-        (["--dtype", "int8"], "Invalid value for '--dtype'"),
+        (["--alpha", "1.5"], "--alpha: must be >= 0.0 and <= 1.0 (got 1.5)"),
+        (["--dtype", "int8"], "--dtype: must be one of auto, bf16, fp16, fp32 (got 'int8')"),
         (["--shard-size", "lots"], "--shard-size: not a size"),
-        (["--device", "tpu"], "--device 'tpu': use auto, cpu, cuda or cuda:N"),
+        (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N (got 'tpu')"),
     ],
 )
 def test_usage_errors_exit_2(llama, tmp_path, args, fragment):
@@ -202,16 +202,16 @@ def test_bad_recipe_is_reported_with_file_and_keys(llama, tmp_path):
         "fuse:\n  alpha: 1.5\n  rules: [{match: '*', alpha: [0.1, x]}]\noutput:\n  dtype: int4\n"
     )
     err = fails(run_cli("fuse", *llama, "--out", tmp_path / "o", "--recipe", recipe), 1)
-    assert f"{recipe}: fuse.alpha: must be between 0 and 1 (got 1.5)" in err
+    assert f"{recipe}: fuse.alpha: must be >= 0.0 and <= 1.0 (got 1.5)" in err
     assert f"{recipe}: fuse.rules[0].alpha[1]: must be a number" in err
     assert f"{recipe}: output.dtype: must be one of auto, bf16, fp16, fp32 (got 'int4')" in err
 
 
 def test_interrupt_exits_130_and_leaves_no_output(llama, tmp_path, monkeypatch):
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.executor as executor
 
     calls = {"n": 0}
-    original = surgery.Executor._write_chunk
+    original = executor.Executor._write_chunk
 
     def interrupted(self, f, chunk):
         calls["n"] += 1
@@ -219,14 +219,14 @@ def test_interrupt_exits_130_and_leaves_no_output(llama, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, f, chunk)
 
-    monkeypatch.setattr(surgery.Executor, "_write_chunk", interrupted)
+    monkeypatch.setattr(executor.Executor, "_write_chunk", interrupted)
     fails(run_cli("fuse", *llama, "--out", tmp_path / "o"), 130, "interrupted")
     assert not (tmp_path / "o").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_interrupt_with_overwrite_keeps_the_old_output(llama, tmp_path, monkeypatch):
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.executor as executor
 
     out = tmp_path / "o"
     out.mkdir()
@@ -235,7 +235,7 @@ def test_interrupt_with_overwrite_keeps_the_old_output(llama, tmp_path, monkeypa
     def boom(self, f, chunk):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(surgery.Executor, "_write_chunk", boom)
+    monkeypatch.setattr(executor.Executor, "_write_chunk", boom)
     fails(run_cli("fuse", *llama, "--out", out, "--overwrite"), 130)
     assert (out / "old.txt").read_text() == "previous run"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FAMILIES, bits, load_dir, read_json, reference_fuse, run_cli
 
-from rejuv_cli.synth import make_pair
+from rejuv_cli.testing.synth import make_pair
 
 
 def fuse(base, sft, out, *extra):

@@ -12,7 +12,7 @@ Tolerances, and why:
 - Fusion and reset write bytes computed the same way on both devices: float32 sub, mul, add as
   separate kernels (no fused multiply-add across them), one round-to-nearest-even to the output
   dtype (ops/fuse.py, ops/reset.py). Output files must be byte-identical. The reset modes that
-  draw noise draw it on the CPU from a generator seeded per tensor name (mask.py
+  draw noise draw it on the CPU from a generator seeded per tensor name (reset/tensors.py
   `_draw_values`), so the noise pattern is identical; but its scale, each tensor's BASE std,
   comes from `stream_norms` on the device (float32 row norms summed in another order), so the
   scale may differ in its last float32 bits and a reset element may round to the neighbouring
@@ -110,7 +110,7 @@ def record(request) -> Recorder:
 def added_pair(tmp_path_factory):
     """A llama pair whose SFT has 3 added tokens: embedding / lm_head rows only SFT has are
     copied (no device work) between fused chunks."""
-    from rejuv_cli.synth import make_pair
+    from rejuv_cli.testing.synth import make_pair
 
     return make_pair(tmp_path_factory.mktemp("added"), "llama", seed=5, added_tokens=3)
 
@@ -189,10 +189,11 @@ def checkpoint_diff(a_dir: Path, b_dir: Path, allowed: dict | None = None) -> di
 def reset_elements(base_dir, sft_dir, mask_file) -> dict[str, np.ndarray]:
     """tensor -> bool mask of the elements a reset with `mask_file` writes."""
     from rejuv_cli.checkpoint.reader import Checkpoint
-    from rejuv_cli.mask import load_mask, tensor_resets
     from rejuv_cli.plan import build_plan
     from rejuv_cli.recipe import Recipe, ResetSettings
-    from rejuv_cli.scoring import unit_layout
+    from rejuv_cli.reset.layout import unit_layout
+    from rejuv_cli.reset.masks import load_mask
+    from rejuv_cli.reset.tensors import tensor_resets
 
     with Checkpoint.open(base_dir, "BASE") as base, Checkpoint.open(sft_dir, "SFT") as sft:
         layout = unit_layout(sft, build_plan(base, sft, Recipe()), None)
@@ -212,7 +213,7 @@ def reset_elements(base_dir, sft_dir, mask_file) -> dict[str, np.ndarray]:
 def layout_of(base, sft):
     from rejuv_cli.plan import build_plan
     from rejuv_cli.recipe import Recipe
-    from rejuv_cli.scoring import unit_layout
+    from rejuv_cli.reset.layout import unit_layout
 
     return unit_layout(sft, build_plan(base, sft, Recipe()), None)
 
@@ -220,9 +221,9 @@ def layout_of(base, sft):
 def scores_on(base_dir, sft_dir, scorer: str, device, max_memory=None, fraction=0.05):
     """(UnitScores, per-instance selected masks, layout) of `scorer` on `device`."""
     from rejuv_cli.checkpoint.reader import Checkpoint
-    from rejuv_cli.mask import select_mask
     from rejuv_cli.recipe import ResetSettings
-    from rejuv_cli.scoring import SCORERS
+    from rejuv_cli.reset.registry import SCORERS
+    from rejuv_cli.reset.select import select_mask
 
     with Checkpoint.open(base_dir, "BASE") as base, Checkpoint.open(sft_dir, "SFT") as sft:
         layout = layout_of(base, sft)
@@ -370,18 +371,18 @@ def test_small_chunks_reuse_pinned_buffers_and_match_cpu(added_pair, kit, tmp_pa
     chunks' copies may still be in flight: a buffer reused before its non_blocking copy ends
     changes bytes. Fused rows, SFT-only (added-token) rows, row and column resets; compared
     with the CPU at its default chunk size. Drift scoring streams the same way."""
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.checkpoint.stream as stream
 
     base, sft = added_pair
     mask = tmp_path / "units.safetensors"
     extra = ("--omega", "0.25")
     fuse(base, sft, tmp_path / "cpu", "cpu", "--reset", "0.05", "--save-mask", mask, *extra)
     ref_scores, ref_masks, _ = scores_on(base, sft, "drift", CPU)
-    monkeypatch.setitem(surgery.CHUNK_ELEMENTS, "cpu", chunk)
-    monkeypatch.setitem(surgery.CHUNK_ELEMENTS, "cuda", chunk)
+    monkeypatch.setitem(stream.CHUNK_ELEMENTS, "cpu", chunk)
+    monkeypatch.setitem(stream.CHUNK_ELEMENTS, "cuda", chunk)
     fuse(base, sft, tmp_path / "dev", kit.device, "--mask", mask, *extra)
     diff = checkpoint_diff(tmp_path / "cpu", tmp_path / "dev")
-    chunks = sum(len(list(surgery.row_chunks(tuple(t.shape), None, chunk)))
+    chunks = sum(len(list(stream.row_chunks(tuple(t.shape), None, chunk)))
                  for t in load_dir(sft).values())  # fmt: skip
     record.note("chunks per model", chunks)
     record.at_most("elements differing", diff["differing_elements"], 0)
@@ -396,12 +397,12 @@ def test_small_chunks_reuse_pinned_buffers_and_match_cpu(added_pair, kit, tmp_pa
 def test_small_chunks_weight_metrics_match_cpu(pairs, kit, tmp_path, record, monkeypatch):
     """diagnose --weights-only (Δ moments, top-0.1%, unit drift, ranks) with 1-row chunks on
     the device against the CPU's default chunks."""
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.checkpoint.stream as stream
 
     base, sft = pairs["llama"]
     ref = diagnose(base, sft, "cpu", tmp_path / "cpu.json", "--weights-only")
-    monkeypatch.setitem(surgery.CHUNK_ELEMENTS, "cpu", 1)
-    monkeypatch.setitem(surgery.CHUNK_ELEMENTS, "cuda", 1)
+    monkeypatch.setitem(stream.CHUNK_ELEMENTS, "cpu", 1)
+    monkeypatch.setitem(stream.CHUNK_ELEMENTS, "cuda", 1)
     got = diagnose(base, sft, kit.device, tmp_path / "dev.json", "--weights-only")
     check_tree(record, "weights", ref["weights"], got["weights"], RTOL_REDUCTION,
                special={"kurtosis": RTOL_KURTOSIS})  # fmt: skip
@@ -413,7 +414,7 @@ def test_small_chunks_weight_metrics_match_cpu(pairs, kit, tmp_path, record, mon
 @pytest.mark.parametrize("family", FAMILIES)
 def test_drift_scores_and_masks_match_cpu(pairs, family, kit, tmp_path, record):
     from rejuv_cli.checkpoint.reader import Checkpoint
-    from rejuv_cli.scoring import stream_norms
+    from rejuv_cli.reset.norms import stream_norms
 
     base, sft = pairs[family]
     ref, ref_masks, layout = scores_on(base, sft, "drift", CPU)
@@ -508,7 +509,7 @@ def test_attribution_scores_at_fixed_positions_match_cpu(pairs, family, kit, rec
     """Same positions (chosen on the CPU) on both devices: the per-unit contributions agree
     to bf16 precision. Positions whose float32 top-1 leads by < MARGIN are left out: there the
     target token itself may flip in bf16, which changes the quantity being attributed."""
-    from rejuv_cli.calib import attribution as A
+    from rejuv_cli.reset import attribution as A
     from rejuv_cli.calib.forward import (
         activation_sites,
         config_vocab,

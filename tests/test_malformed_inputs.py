@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from conftest import run_cli
 from rejuv_cli.errors import RecipeError, RejuvError
 from rejuv_cli.jsonio import dumps, json_safe, strict_loads
 from rejuv_cli.recipe import NUMBERS, Recipe, ResetSettings, bundled_recipes, load_recipe
-from rejuv_cli.synth import make_pair
+from rejuv_cli.testing.synth import make_pair
 
 SECONDS = 10
 MAX_RSS = 500 * 2**20
@@ -354,16 +353,23 @@ def test_every_numeric_recipe_setting_refuses_non_finite_values(tmp_path):
             assert "finite" in message, message
 
 
-def test_flag_ranges_match_the_recipe_ranges():
-    import typer
+def test_flag_ranges_match_the_recipe_ranges(tmp_path):
+    """A flag and its recipe key share one validator (rejuv_cli.settings): a value outside
+    the range gives the same phrase from both, `--reset: P` and `r.yaml: reset.fraction: P`."""
+    from rejuv_cli.settings import BY_KEY
 
-    from rejuv_cli.cli import app
-
-    fuse = {p.name: p for p in typer.main.get_command(app).commands["fuse"].params}
+    p = tmp_path / "r.yaml"
     for key, rng in NUMBERS.items():
-        name = {"fuse.alpha": "alpha", "reset.fraction": "reset"}.get(key, key.split(".")[1])
-        assert fuse[name].min == rng.lo, key
-        assert fuse[name].max == (None if math.isinf(rng.hi) else rng.hi), key
+        setting = BY_KEY[key]
+        value = rng.lo - 1 if rng.integer else rng.lo - 0.5
+        r = run_cli("fuse", "b", "s", "--out", "o", setting.flag, str(value))
+        assert r.exit_code == 2, (key, r.stderr)
+        flag_problem = r.stderr.strip().removeprefix(f"rejuv: error: {setting.flag}: ")
+        section, field = key.split(".")
+        p.write_text(f"{section}:\n  {field}: {value}\n")
+        with pytest.raises(RecipeError) as e:
+            load_recipe(p)
+        assert str(e.value) == f"{p}: {key}: {flag_problem}", (str(e.value), r.stderr)
 
 
 # ---- every JSON rejuv writes is standard JSON ----------------------------------------------

@@ -16,7 +16,8 @@ from rejuv_cli.calib.forward import load_model, offload_note, offloaded_share
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe, ResetSettings
-from rejuv_cli.scoring import SCORERS, unit_layout
+from rejuv_cli.reset.layout import unit_layout
+from rejuv_cli.reset.registry import SCORERS
 
 CPU = torch.device("cpu")
 NOTHING_FITS = 1  # bytes: every weight goes to disk

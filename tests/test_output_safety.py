@@ -186,7 +186,7 @@ def test_report_and_mask_files_on_a_full_disk(llama, small_fs, monkeypatch):
 
 def test_injected_write_errors_name_the_file(llama, tmp_path, monkeypatch):
     """Errors a tmpfs cannot produce on demand: quota and I/O errors."""
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.executor as executor
 
     real_open = open
     for code, hint in ((errno.EDQUOT, "quota"), (errno.EIO, "I/O error")):
@@ -208,7 +208,7 @@ def test_injected_write_errors_name_the_file(llama, tmp_path, monkeypatch):
 
             return Failing()
 
-        monkeypatch.setattr(surgery, "open", failing_open, raising=False)
+        monkeypatch.setattr(executor, "open", failing_open, raising=False)
         out = tmp_path / f"o{code}"
         line = fails(run_cli("fuse", *llama, "--out", out, "--reset", "0"), 1, hint)
         assert f"cannot write {tmp_path}/.o{code}.{TMP_TAG}-" in line and ".safetensors" in line
@@ -221,14 +221,14 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import rejuv_cli.checkpoint.output as output
-    import rejuv_cli.surgery as surgery
+    import rejuv_cli.executor as executor
     where = sys.argv[1]
 
     def die():
         os.kill(os.getpid(), int(os.environ.get("KILL_SIGNAL", signal.SIGKILL)))
 
     if where == "writing":
-        real = surgery.Executor._write_chunk
+        real = executor.Executor._write_chunk
         n = [0]
         def write_chunk(self, f, chunk):
             n[0] += 1
@@ -236,7 +236,7 @@ KILLER = textwrap.dedent(
                 f.flush()
                 die()
             return real(self, f, chunk)
-        surgery.Executor._write_chunk = write_chunk
+        executor.Executor._write_chunk = write_chunk
     elif where == "between-renames":
         output._exchange = lambda a, b: False  # a filesystem without RENAME_EXCHANGE
         real_rename = Path.rename
@@ -260,7 +260,7 @@ KILLER = textwrap.dedent(
             tmp.write_bytes(b"half a mask")
             die()
         output.write_file = write_file
-        import rejuv_cli.mask as mask
+        import rejuv_cli.reset.masks as mask
         mask.write_file = write_file
     from rejuv_cli.cli import main
     sys.argv = ["rejuv", *sys.argv[2:]]

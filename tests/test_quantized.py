@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from rejuv_cli.checkpoint.quantization import detect_quantization
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
 from rejuv_cli.errors import MismatchError, QuantizedError
-from rejuv_cli.plan import _check_dtypes
+from rejuv_cli.pairing import _check_dtypes
 
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

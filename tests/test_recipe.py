@@ -76,7 +76,7 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         f"{p}: fuse.beta: unknown key (allowed: alpha, rules)",
         f"{p}: reset.frac: unknown key (allowed: calib, fraction, max_per_module, max_tokens, "
         "mode, modules, noise, omega, protect, samples, seed, select)",
-        f"{p}: fuse.alpha: must be between 0 and 1 (got -0.1)",
+        f"{p}: fuse.alpha: must be >= 0.0 and <= 1.0 (got -0.1)",
         f"{p}: fuse.rules[0].match: must be a non-empty glob string, e.g. '*.mlp.*'",
         f"{p}: fuse.rules[1].alpha: is required",
         f"{p}: fuse.rules[2]: must be a mapping with 'match' and 'alpha'",
@@ -115,7 +115,7 @@ def test_validate_command(tmp_path):
         {
             "file": str(bad),
             "ok": False,
-            "errors": [f"{bad}: fuse.alpha: must be between 0 and 1 (got 2)"],
+            "errors": [f"{bad}: fuse.alpha: must be >= 0.0 and <= 1.0 (got 2)"],
         },
     ]
 

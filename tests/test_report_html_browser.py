@@ -1,28 +1,15 @@
-"""The HTML report in a real headless browser (bench/check_html.py). Needs /usr/bin/chromium."""
+"""The HTML report in a real headless browser (rejuv_cli.testing.browser, also run as
+bench/check_html.py). Needs /usr/bin/chromium."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from rejuv_cli.report.html import render_html
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_report_html import sample_report  # noqa: E402
-
-
-def _check_module():
-    spec = importlib.util.spec_from_file_location("check_html", ROOT / "bench" / "check_html.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-check_html = _check_module()
+from rejuv_cli.testing import browser as check_html
+from rejuv_cli.testing.sample_report import sample_report
 
 # Deselected from `make test` by the marker; where it is selected, a missing browser is a
 # failure with the install hint, never a silent skip.

@@ -18,10 +18,11 @@ from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.ops.reset import protected_units, select_units
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe
-from rejuv_cli.scoring import score_drift, unit_layout
-from rejuv_cli.synth import make_pair
+from rejuv_cli.reset.drift import score_drift
+from rejuv_cli.reset.layout import unit_layout
+from rejuv_cli.testing.synth import make_pair
 
-Q, KV, INTER = 32, 16, 64  # the tiny configs in rejuv_cli.synth
+Q, KV, INTER = 32, 16, 64  # the tiny configs in rejuv_cli.testing.synth
 
 
 def fuse(base, sft, out, *extra, code: int = 0):
@@ -414,13 +415,13 @@ def test_reset_flag_usage_errors(llama, tmp_path):
         (
             "--select",
             "magic",
-        ): "--select 'magic': choose from attribution, dormant, drift, saturated",
-        ("--max-per-module", "0"): "--max-per-module must be > 0",
+        ): "--select: must be one of attribution, dormant, drift, saturated (got 'magic')",
+        ("--max-per-module", "0"): "--max-per-module: must be > 0.0 and <= 1.0 (got 0.0)",
         ("--reset", "0", "--save-mask", str(tmp_path / "m")): "nothing to save with --reset 0",
         (
             "--reset",
             "0.9",
-        ): "Invalid value for '--reset': Input should be less than or equal to 0.5",
+        ): "--reset: must be >= 0.0 and <= 0.5 (got 0.9)",
     }
     for args, needle in cases.items():
         r = fuse(base_dir, sft_dir, tmp_path / "o", *args, code=2)

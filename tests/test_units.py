@@ -10,9 +10,9 @@ from conftest import bits, reference_fuse
 from safetensors.torch import load_file
 
 from rejuv_cli.checkpoint.safetensors_file import read_header
+from rejuv_cli.checkpoint.stream import row_chunks
 from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout, parse_size, plan_shards
 from rejuv_cli.ops.fuse import all_finite, fuse
-from rejuv_cli.surgery import row_chunks
 
 
 def test_fuse_matches_reference_and_keeps_signed_zeros():

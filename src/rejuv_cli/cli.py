@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
+import os
 import signal
 import sys
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperGroup
 
 from rejuv_cli import __version__
 from rejuv_cli.commands.common import EXIT_CODES_HELP
@@ -17,6 +17,7 @@ from rejuv_cli.commands.fuse import HELP as FUSE_HELP
 from rejuv_cli.commands.fuse import fuse_command
 from rejuv_cli.commands.inspect import inspect_command
 from rejuv_cli.commands.recipes import recipes_command, validate_command
+from rejuv_cli.errors import RejuvError
 
 # Click's base error class, reached through the subclass typer exports (recent typer vendors
 # click, older typer re-exports it: either way this is the class its parser raises).
@@ -25,7 +26,8 @@ _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 
 class _Group(TyperGroup):
     """Usage errors found by the parser (a bad flag value, an unknown option) as one line,
-    `rejuv: error: ...`, exit 2, like every other rejuv error; Click prints four."""
+    `rejuv: error: ...`, exit 2, like every other rejuv error; Click prints four. A flag's
+    value is checked by its setting's validator (commands/options.py), which raises UsageError."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -37,6 +39,11 @@ class _Group(TyperGroup):
                 e.show()
             else:
                 print(f"rejuv: error: {_one_line(e)}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except RejuvError as e:  # a setting's validator, run by Click while parsing a flag
+            if os.environ.get("REJUV_DEBUG"):
+                raise
+            print(f"rejuv: error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
         except typer.Abort:
             print("rejuv: error: aborted", file=sys.stderr)
@@ -53,41 +60,6 @@ def _one_line(e) -> str:
     return text
 
 
-class _Command(TyperCommand):
-    """Refuses a non-finite value (nan, inf, 1e400) of any float option before its range check:
-    NaN compares false with every bound, and Typer's message for it would name a bound."""
-
-    def parse_args(self, ctx, args):
-        _refuse_non_finite(self, ctx, list(args))
-        return super().parse_args(ctx, args)
-
-
-def _is_float(param) -> bool:
-    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-    return annotation is float or type(getattr(param, "type", None)).__name__ in (
-        "FloatParamType",
-        "FloatRange",
-    )
-
-
-def _refuse_non_finite(command, ctx, args: list[str]) -> None:
-    try:
-        opts, _, _ = command.make_parser(ctx).parse_args(args=args)
-    except _CLICK_ERROR:
-        return  # malformed arguments: the real parse reports them
-    for param in command.get_params(ctx):
-        raw = opts.get(param.name)
-        if raw is None or not _is_float(param):
-            continue
-        for text in raw if isinstance(raw, list | tuple) else [raw]:
-            try:
-                value = float(text)
-            except (TypeError, ValueError):
-                continue  # not a number at all: the real parse says so
-            if not math.isfinite(value):
-                raise typer.BadParameter(f"must be a finite number (got {text!r})", ctx, param)
-
-
 app = typer.Typer(
     name="rejuv",
     cls=_Group,
@@ -101,15 +73,13 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("fuse", cls=_Command, help=FUSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(
-    fuse_command
+app.command("fuse", help=FUSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(fuse_command)
+app.command("diagnose", help=DIAGNOSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(
+    diagnose_command
 )
-app.command(
-    "diagnose", cls=_Command, help=DIAGNOSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True
-)(diagnose_command)
-app.command("inspect", cls=_Command, no_args_is_help=True)(inspect_command)
-app.command("recipes", cls=_Command)(recipes_command)
-app.command("validate", cls=_Command, no_args_is_help=True)(validate_command)
+app.command("inspect", no_args_is_help=True)(inspect_command)
+app.command("recipes")(recipes_command)
+app.command("validate", no_args_is_help=True)(validate_command)
 
 
 def _version(value: bool) -> None:

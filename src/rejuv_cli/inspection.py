@@ -15,7 +15,7 @@ from rejuv_cli.arch.units import (
 from rejuv_cli.checkpoint.names import check_layers_stored, ties_embeddings
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.errors import ArchError, CheckpointError
-from rejuv_cli.plan import layer_count, n_layers
+from rejuv_cli.pairing import layer_count, n_layers
 
 
 def inspect_checkpoint(ckpt: Checkpoint) -> dict:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rejuv_cli import __version__
+from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.resolve import ResolvedModel, resolve_model
 from rejuv_cli.errors import ArchError, CheckpointError
 from rejuv_cli.plan import FusePlan, build_plan
 from rejuv_cli.recipe import Recipe
-from rejuv_cli.scoring import UnitLayout, unit_layout
+from rejuv_cli.reset.layout import unit_layout
 
 
 @dataclass
@@ -122,8 +123,10 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
 
     `moments`: per-tensor BASE mean and std, which the noise-drawing reset modes need.
     """
-    from rejuv_cli.mask import load_mask, save_mask, select_mask
-    from rejuv_cli.scoring import SCORERS, stream_norms
+    from rejuv_cli.reset.masks import load_mask, save_mask
+    from rejuv_cli.reset.norms import stream_norms
+    from rejuv_cli.reset.registry import SCORERS
+    from rejuv_cli.reset.select import select_mask
 
     t0 = time.perf_counter()
     settings, layout = p.job.recipe.reset, p.layout
@@ -167,7 +170,7 @@ def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict 
         from rejuv_cli.ops.reset import target_count
 
         return info | {"target": target_count(settings.fraction, p.layout.total_units)}
-    from rejuv_cli.mask import mask_counts
+    from rejuv_cli.reset.select import mask_counts
 
     info |= mask_counts(p.layout, mask)
     if p.job.mask_in is not None:  # how the reused mask was made
@@ -242,15 +245,16 @@ def run_fuse(
     from rejuv_cli.checkpoint.card import write_card_and_provenance
     from rejuv_cli.checkpoint.files import copy_side_files, write_config
     from rejuv_cli.checkpoint.output import check_free_space, note_to_stderr, output_dir
+    from rejuv_cli.checkpoint.stream import pick_device
     from rejuv_cli.checkpoint.writer import write_index
-    from rejuv_cli.surgery import Executor, checkpoint_digest, pick_device
+    from rejuv_cli.executor import Executor, checkpoint_digest
 
     check_free_space(p.job.out, output_bytes_needed(p))  # before a long scoring pass
     device = pick_device(p.job.device)
     t0 = time.perf_counter()
     resets, mask, reset_seconds = None, None, None
     if p.resetting:
-        from rejuv_cli.mask import tensor_resets
+        from rejuv_cli.reset.tensors import tensor_resets
 
         mask, norms, reset_seconds = select_reset(p, device, on_score_bytes)
         shapes = {n: t.shape for n, t in p.sft.tensors.items()}

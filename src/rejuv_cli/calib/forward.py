@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.checkpoint.writer import format_size
 from rejuv_cli.errors import CheckpointError, first_line
 from rejuv_cli.ops.activity import ActivityStats
-from rejuv_cli.scoring import UnitLayout
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, attention_mask, response
 

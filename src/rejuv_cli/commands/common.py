@@ -27,20 +27,6 @@ OutOption = Annotated[
         show_default=False,
     ),
 ]
-DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")
-]
-MaxMemoryOption = Annotated[
-    str | None,
-    typer.Option(
-        "--max-memory",
-        metavar="SIZE",
-        help="Forward passes: memory for model weights on the device (GPU memory, or RAM on "
-        "CPU), e.g. 20GB; weights beyond it are offloaded (to RAM, then disk) and run slower "
-        "[default: what is free].",
-        show_default=False,
-    ),
-]
 
 
 def check_calib(spec: str) -> None:
@@ -52,16 +38,10 @@ def check_calib(spec: str) -> None:
 
 
 def parse_max_memory(text: str | None) -> int | None:
-    """--max-memory in bytes (None: not given); a bad size is a usage error."""
+    """--max-memory in bytes (None: not given); its setting's validator already checked it."""
     from rejuv_cli.checkpoint.writer import parse_size
-    from rejuv_cli.errors import UsageError
 
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise UsageError(f"--max-memory: {e}") from None
+    return None if text is None else parse_size(text)
 
 
 EXIT_CODES_HELP = (

@@ -9,8 +9,6 @@ from typing import Annotated
 import typer
 
 from rejuv_cli.commands.common import (
-    DeviceOption,
-    MaxMemoryOption,
     QuietFlag,
     check_calib,
     guarded,
@@ -19,6 +17,7 @@ from rejuv_cli.commands.common import (
     stderr_console,
     write_stdout,
 )
+from rejuv_cli.commands.options import with_settings
 from rejuv_cli.errors import UsageError
 from rejuv_cli.jsonio import dumps, json_safe
 
@@ -49,6 +48,11 @@ def _opt(*names: str, **kw):
     return typer.Option(*names, show_default=kw.pop("show_default", True), **kw)
 
 
+DIAGNOSE_SETTINGS = ("calib", "samples", "max_tokens", "device", "max_memory", "sharpness_draws",
+                     "sharpness_sigma", "batch_tokens")  # fmt: skip
+
+
+@with_settings("diagnose", DIAGNOSE_SETTINGS, after="candidate")
 def diagnose_command(
     base: Annotated[str, typer.Argument(metavar="BASE", show_default=False,
                                         help="Base model: directory or Hub id[@revision].")],
@@ -57,20 +61,12 @@ def diagnose_command(
     candidate: Annotated[str | None, _opt(
         "--candidate", "-c", show_default=False,
         help="A rejuvenated checkpoint (e.g. rejuv fuse's output) to compare with SFT.")] = None,
-    calib: Annotated[str, _opt(
-        "--calib", help="Calibration data: builtin:math, builtin:tool_use or a JSONL file with "
-        '{"prompt", "response"} or {"messages": [...]} per line.')] = "builtin:math",
-    samples: Annotated[int, _opt("--samples", min=1, help="Calibration examples used.")] = 64,
-    max_tokens: Annotated[int, _opt(
-        "--max-tokens", min=8, help="Longest example, in tokens (longer ones are cut).")] = 512,
     weights_only: Annotated[bool, _opt(
         "--weights-only", help="Weight space only: no forward passes, memory bounded like fuse."
     )] = False,
     rank: Annotated[bool, _opt(
         "--rank", help="Also stable and effective rank of Δ per layer matrix (SVD; slow)."
     )] = False,
-    device: DeviceOption = "auto",
-    max_memory: MaxMemoryOption = None,
     json_out: Annotated[str | None, _opt(
         "--json", metavar="FILE|-", show_default=False,
         help="Write the report as JSON to FILE, or to stdout with -.")] = None,
@@ -81,20 +77,14 @@ def diagnose_command(
         "--fail-on", metavar="EXPR", show_default=False,
         help='Exit 3 when EXPR holds, e.g. "output.entropy_mean<0.18" (repeatable; grammar in '
         "the README).")] = None,
-    sharpness_draws: Annotated[int, _opt(
-        "--sharpness-draws", min=0,
-        help="Random directions for sharpness, each probed as ±u; 0 skips it.")] = 3,
-    sharpness_sigma: Annotated[float, _opt(
-        "--sharpness-sigma", min=1e-6, max=1.0,
-        help="Noise per matrix, relative to its RMS.")] = 0.02,
-    batch_tokens: Annotated[int | None, _opt(
-        "--batch-tokens", min=64, show_default=False,
-        help="Tokens per forward batch, padding included [default: 4096 CPU, 8192 CUDA].")] = None,
     quiet: QuietFlag = False,
+    **values,
 ) -> None:  # fmt: skip
     from rejuv_cli.diagnostics.run import DiagnoseJob, run_diagnose
     from rejuv_cli.report.gates import describe, evaluate, parse_gate
 
+    calib, max_memory, sharpness_draws = (values[k] for k in ("calib", "max_memory",
+                                                              "sharpness_draws"))  # fmt: skip
     gates = [parse_gate(text) for text in fail_on or []]
     memory = parse_max_memory(max_memory)
     if memory is not None and weights_only:
@@ -108,9 +98,9 @@ def diagnose_command(
     _check_outputs(base, sft, candidate, calib, outputs)
     to_stdout = json_out == "-"
     console = stderr_console(quiet)
-    job = DiagnoseJob(base, sft, candidate, calib, samples, max_tokens, weights_only, rank,
-                      device, batch_tokens, sharpness_draws, sharpness_sigma, memory,
-                      outputs=outputs)  # fmt: skip
+    job = DiagnoseJob(base, sft, candidate, weights_only=weights_only, rank=rank,
+                      max_memory=memory, outputs=outputs,
+                      **{k: values[k] for k in DIAGNOSE_SETTINGS if k != "max_memory"})  # fmt: skip
     show = not (quiet or to_stdout) and sys.stderr.isatty()
     with progress_bars(console, show) as progress:
         report = run_diagnose(job, progress)

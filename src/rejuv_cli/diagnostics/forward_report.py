@@ -22,11 +22,11 @@ from rejuv_cli.diagnostics.output import (
 )
 from rejuv_cli.diagnostics.sharpness import SEED, sharpness
 
+ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
+
 
 def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
     """Fill report["output"], ["units"], ["sharpness"] and the calibration inputs."""
-    from rejuv_cli.diagnostics.run import ACTIVITY_MODULES
-
     calib = prepare_calibration(job.calib, job.samples, job.max_tokens, resolved["sft"].path,
                                 device, job.batch_tokens)  # fmt: skip
     warnings.extend(calib.warnings)

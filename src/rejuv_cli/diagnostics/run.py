@@ -17,12 +17,12 @@ from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.resolve import resolve_model
 from rejuv_cli.diagnostics import verdict as V
 from rejuv_cli.errors import ArchError
-from rejuv_cli.plan import build_plan
-from rejuv_cli.recipe import Recipe
-from rejuv_cli.report.schema import RunFlags, explain_nulls, label, parse_path
+from rejuv_cli.pairing import pair_tensors
+from rejuv_cli.report.paths import lookup, parse_path
+from rejuv_cli.report.schema import RunFlags, explain_nulls, label
+from rejuv_cli.settings import SETTINGS
 
 SCHEMA_VERSION = 1
-ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
 
 # progress(label, total, unit) -> advance(n); unit is "bytes" or a noun such as "batches"
 Progress = Callable[[str, int, str], Callable[[int], None]]
@@ -33,15 +33,15 @@ class DiagnoseJob:
     base: str
     sft: str
     candidate: str | None = None
-    calib: str = "builtin:math"
-    samples: int = 64
-    max_tokens: int = 512
+    calib: str = SETTINGS["calib"].default
+    samples: int = SETTINGS["samples"].default  # the one default of fuse and diagnose
+    max_tokens: int = SETTINGS["max_tokens"].default
     weights_only: bool = False
     rank: bool = False
-    device: str = "auto"
+    device: str = SETTINGS["device"].default
     batch_tokens: int | None = None
-    sharpness_draws: int = 3
-    sharpness_sigma: float = 0.02
+    sharpness_draws: int = SETTINGS["sharpness_draws"].default
+    sharpness_sigma: float = SETTINGS["sharpness_sigma"].default
     max_memory: int | None = None  # bytes of model weights on the device, shared by the models
     outputs: tuple = ()  # report files (preflight.Output), checked against the resolved inputs
 
@@ -52,7 +52,7 @@ def _no_progress(label: str, total: int, unit: str):
 
 def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
     """Measure everything the job asks for; returns the report dict."""
-    from rejuv_cli.surgery import pick_device
+    from rejuv_cli.checkpoint.stream import pick_device
 
     t0 = time.perf_counter()
     device = pick_device(job.device)
@@ -113,14 +113,11 @@ def measurement_flags(job: DiagnoseJob) -> list[str]:
     differs from its default, so a suggested `rejuv diagnose` line measures the same way."""
     default = DiagnoseJob(job.base, job.sft)
     flags: list[str] = []
-    for attr, flag in (("calib", "--calib"), ("samples", "--samples"),
-                       ("max_tokens", "--max-tokens"), ("device", "--device"),
-                       ("batch_tokens", "--batch-tokens"),
-                       ("sharpness_draws", "--sharpness-draws"),
-                       ("sharpness_sigma", "--sharpness-sigma")):  # fmt: skip
+    for attr in ("calib", "samples", "max_tokens", "device", "batch_tokens", "sharpness_draws",
+                 "sharpness_sigma"):  # fmt: skip
         value = getattr(job, attr)
         if value != getattr(default, attr) and not (job.weights_only and attr != "device"):
-            flags += [flag, str(value)]
+            flags += [SETTINGS[attr].flag, str(value)]
     if job.max_memory is not None:
         flags += ["--max-memory", f"{job.max_memory}B"]
     flags += ["--weights-only"] if job.weights_only else []
@@ -131,10 +128,10 @@ def measurement_flags(job: DiagnoseJob) -> list[str]:
 def _weights(job, ckpts, device, progress, warnings):
     """Weight-space sections (SFT vs BASE, candidate vs BASE) and the unit layout."""
     from rejuv_cli.diagnostics.weights import delta_ranks, unit_drift, weight_drift
-    from rejuv_cli.scoring import unit_layout
+    from rejuv_cli.reset.layout import unit_layout
 
     base, sft = ckpts["base"], ckpts["sft"]
-    plan = build_plan(base, sft, Recipe())
+    plan = pair_tensors(base, sft)  # what to compare: no fuse plan needed
     warnings.extend(plan.warnings)
     layout = None
     try:
@@ -144,10 +141,10 @@ def _weights(job, ckpts, device, progress, warnings):
         warnings.append(f"per-unit statistics skipped: {e}")
 
     def section(other: Checkpoint, label: str) -> dict:
-        p = plan if other is sft else build_plan(base, other, Recipe())
+        p = plan if other is sft else pair_tensors(base, other)
         if other is not sft:  # found while opening it (tensors its index does not list)
             warnings.extend(other.warnings)
-        total = sum(t.sft.nbytes for t in p.tensors if t.base is not None and not t.note)
+        total = sum(t.sft.nbytes for t in p.tensors if t.paired)
         w = weight_drift(base, other, p, device, progress(f"weights ({label})", total, "bytes"))
         if layout is not None and other is sft:
             w["units"] = unit_drift(layout, base, other, device)
@@ -161,21 +158,6 @@ def _weights(job, ckpts, device, progress, warnings):
     return weights, layout
 
 
-def rule_metrics(weights: dict | None, output: dict | None, units: dict | None,
-                 sharpness_ratio: float | None) -> dict[str, float | None]:  # fmt: skip
-    """The values the verdict rules read, by path, for one model's sections."""
-    weights, output, units = weights or {}, output or {}, units or {}
-    return {
-        "output.entropy_mean": output.get("entropy_mean"),
-        "output.entropy_ratio": output.get("entropy_ratio"),
-        "output.confident_share": output.get("confident_share"),
-        "weights.spikiness": weights.get("spikiness"),
-        "weights.drift_max": weights.get("drift_max"),
-        "sharpness.ratio": sharpness_ratio,
-        "units.dormant_increase": units.get("dormant_increase"),
-    }
-
-
 def _measured(report: dict, job: DiagnoseJob) -> str:
     if job.weights_only:
         return "weights only"
@@ -183,8 +165,7 @@ def _measured(report: dict, job: DiagnoseJob) -> str:
 
 
 def verdict_block(report: dict, job: DiagnoseJob) -> dict:
-    output, units, sharp = report["output"], report["units"], report["sharpness"] or {}
-    label, reasons = V.judge(rule_metrics(report["weights"], output, units, sharp.get("ratio")))
+    label, reasons = V.judge(V.rule_metrics(report))
     fuse_flags = ["--device", job.device] if job.device != "auto" else []
     block = {
         "label": label,
@@ -197,10 +178,8 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
         "candidate": None,
     }
     if job.candidate:
-        c_label, c_reasons = V.judge(rule_metrics(
-            report["weights"].get("candidate"), (output or {}).get("candidate"),
-            (units or {}).get("candidate"), sharp.get("candidate_ratio"),
-        ), {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS)  # fmt: skip
+        paths = {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS
+        c_label, c_reasons = V.judge(V.rule_metrics(report, paths), paths)
         block["candidate"] = {"label": c_label, "reasons": c_reasons}
     return block
 
@@ -227,25 +206,16 @@ COMPARED = (
 CANDIDATE_RULE_PATHS = {"units.dormant_increase": "units.candidate.dormant_increase"}
 
 
-def _dig(data, keys):
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
 def comparison(report: dict) -> list[dict]:
     """Before (SFT) / after (candidate) rows for the metrics measured in this run. `metric` is
     the gate path of SFT's value, `candidate_metric` the candidate's."""
     rows = []
     for path, after_path, better in COMPARED:
-        keys, after_keys = parse_path(path), parse_path(after_path)
-        before, after = _dig(report, keys), _dig(report, after_keys)
+        before, after = lookup(report, path), lookup(report, after_path)
         if before is None or after is None:
             continue
         improved = after > before if better == "higher" else after < before
-        rows.append({"metric": path, "candidate_metric": after_path, "label": label(*keys),
-                     "sft": before, "candidate": after, "better": better,
-                     "improved": bool(improved)})  # fmt: skip
+        rows.append({"metric": path, "candidate_metric": after_path,
+                     "label": label(*parse_path(path)), "sft": before, "candidate": after,
+                     "better": better, "improved": bool(improved)})  # fmt: skip
     return rows

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from rejuv_cli.report.paths import lookup
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -71,6 +73,14 @@ def judge(metrics: dict[str, float | None],
     if any(x["level"] == "rigid" for x in reasons) or watch >= WATCH_FOR_RIGID:
         return "rigid", reasons
     return ("watch" if reasons else "ok"), reasons
+
+
+def rule_metrics(report: dict, paths: dict[str, str] | None = None) -> dict[str, float | None]:
+    """The values the rules read from `report`, keyed by each rule's metric path. `paths` moves
+    a rule to where another model's value sits (`output.entropy_mean` ->
+    `output.candidate.entropy_mean`); a value this run did not measure is None."""
+    paths = paths or {}
+    return {r.metric: lookup(report, paths.get(r.metric, r.metric)) for r in RULES}
 
 
 def suggested_command(label: str, base: str, sft: str, diagnose_flags: Sequence[str] = (),

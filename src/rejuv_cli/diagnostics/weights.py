@@ -16,7 +16,7 @@ import torch
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.ops.moments import DeltaMoments
-from rejuv_cli.plan import FusePlan, layer_of
+from rejuv_cli.pairing import Pairing, layer_of
 
 _KINDS = (
     (re.compile(r"norm|\.ln_"), "norm"),
@@ -60,7 +60,7 @@ def pooled(group: list[DeltaMoments]) -> dict[str, float]:
 def weight_drift(
     base: Checkpoint,
     sft: Checkpoint,
-    plan: FusePlan,
+    plan: Pairing,  # or a FusePlan: the same tensor fields
     device: torch.device,
     on_bytes: Callable[[int], None] | None = None,
 ) -> dict:
@@ -68,31 +68,29 @@ def weight_drift(
 
     Covers every floating-point tensor that BASE and SFT share (added-token rows excluded).
     """
-    from rejuv_cli.surgery import CHUNK_ELEMENTS, ChunkReader, Scratch, row_chunks, row_length
+    from rejuv_cli.checkpoint.stream import PairedStream, Scratch, TensorPair, row_length
 
-    reader = ChunkReader(base, sft, pin=device.type == "cuda", digest=False)
-    chunk = CHUNK_ELEMENTS[device.type]
+    stream = PairedStream(base, sft, device)
     scratch = Scratch(device).get
-
     moments: dict[str, DeltaMoments] = {}
     matrices: set[str] = set()
+    pairs = []
     for tp in plan.tensors:
-        if tp.base is None or tp.note:  # only in SFT, or not floating point
+        if not tp.paired:  # only in SFT, or not floating point
             continue
         shape = tp.sft.shape
         if len(shape) >= 2:
             matrices.add(tp.name)
         rows = tp.base_rows if tp.base_rows is not None else (shape[0] if shape else 1)
-        m = moments[tp.name] = DeltaMoments(rows * row_length(shape))
-        for start, stop, shared in row_chunks(shape, tp.base_rows, chunk):
-            if not shared:
-                continue
-            n = stop - start
-            b = scratch("b", n).copy_(reader.read("base", tp.base.name, start, stop))
-            s = scratch("s", n).copy_(reader.read("sft", tp.name, start, stop))
-            m.update(b, s, scratch("d", n), scratch("d2", n))
-            if on_bytes is not None:
-                on_bytes(n * ITEMSIZE[tp.sft.dtype])
+        moments[tp.name] = DeltaMoments(rows * row_length(shape))
+        itemsize = ITEMSIZE[tp.sft.dtype]  # the tag: bytes per element, for on_bytes
+        pairs.append(TensorPair(shape, tp.name, tp.base.name, tp.base_rows, itemsize))
+    for c in stream.chunks(pairs, shared_only=True):  # added-token rows have no BASE values
+        n = c.stop - c.start
+        b, s = scratch("b", n).copy_(c.base), scratch("s", n).copy_(c.sft)
+        moments[c.pair.sft].update(b, s, scratch("d", n), scratch("d2", n))
+        if on_bytes is not None:
+            on_bytes(n * c.pair.tag)
     return summarize(moments, matrices)
 
 
@@ -138,7 +136,7 @@ def unit_drift(layout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None)
     """
     import numpy as np
 
-    from rejuv_cli.scoring import score_drift
+    from rejuv_cli.reset.drift import score_drift
 
     scores = score_drift(layout, base, sft, device, on_bytes).scores
     by_module: dict[str, list] = {}
@@ -153,20 +151,20 @@ def unit_drift(layout, base: Checkpoint, sft: Checkpoint, device, on_bytes=None)
     return out
 
 
-def delta_ranks(base: Checkpoint, sft: Checkpoint, plan: FusePlan, device) -> dict:
+def delta_ranks(base: Checkpoint, sft: Checkpoint, plan: Pairing, device) -> dict:
     """Stable and effective rank of Δ for every 2-D tensor inside a layer (--rank).
 
     Each matrix is materialised whole in float32 (memory: one layer matrix, twice) and its
     singular values computed: seconds per large matrix on a CPU, so this is opt-in.
     """
+    from rejuv_cli.checkpoint.stream import ChunkReader
     from rejuv_cli.ops.rank import effective_rank, stable_rank
-    from rejuv_cli.surgery import ChunkReader
 
     reader = ChunkReader(base, sft, pin=False, digest=False)
     tensors, kinds = {}, {}
     for tp in plan.tensors:
         shape = tp.sft.shape
-        if tp.base is None or tp.note or len(shape) != 2 or layer_of(tp.name) is None:
+        if not tp.paired or len(shape) != 2 or layer_of(tp.name) is None:
             continue
         n = shape[0] * shape[1]
         b = reader.read("base", tp.base.name, 0, n).to(device, torch.float32, copy=True)

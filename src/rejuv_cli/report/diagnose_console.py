@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from rejuv_cli.report.gates import format_path
+from rejuv_cli.report.paths import format_path, lookup
 
 LABEL_STYLE = {"rigid": "bold red", "watch": "bold yellow", "ok": "bold green"}
 MAX_LAYERS = 48  # larger models: show the layers with the largest drift only
@@ -96,9 +96,7 @@ def _metric_table(title: str, first: str, cols, rows, percent=()) -> Table:
             continue
         cells = []
         for _, key in cols:
-            v = values
-            for k in _keys(key):
-                v = v.get(k) if isinstance(v, dict) else None
+            v = lookup(values, _keys(key))
             cells.append(f"{v:.2%}" if key in percent and v is not None else fmt(v))
         t.add_row(name, format_path(path), *cells)
     return t

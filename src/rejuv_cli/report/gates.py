@@ -7,9 +7,7 @@ tripped gate makes the command fail. `--fail-on` is repeatable; gates are indepe
 Grammar (whitespace is allowed around every token)::
 
     gate    := path op value
-    path    := key ( "." key | "[" int "]" | "[" quoted "]" )*
-    key     := [A-Za-z_][A-Za-z0-9_]*
-    int     := -?[0-9]+                 list index; negative counts from the end
+    path    := key ( "." key | "[" int "]" | "[" quoted "]" )*     (report/paths.py)
     quoted  := "..." or '...'           any characters but the quote itself; no escapes
     op      := <  |  <=  |  >  |  >=  |  ==  |  !=
     value   := number | word | quoted
@@ -35,7 +33,8 @@ Rules:
   against the report's declared structure before the run.
 * A NaN in the report trips the gate whatever the comparison: a gate cannot vouch for it.
 
-Pure standard library; imports nothing from the project but `rejuv_cli.errors`.
+The path grammar and the reader of a path are `report/paths.py`'s, shared with the verdict
+rules and the comparison rows. Pure standard library; no torch.
 """
 
 from __future__ import annotations
@@ -47,11 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rejuv_cli.errors import UsageError
+from rejuv_cli.report.paths import EXAMPLE, PathError, Scanner, format_path, kind, resolve
 
-EXAMPLE = '--fail-on "output.entropy_mean<0.18"'
+__all__ = ["EXAMPLE", "Gate", "GateResult", "describe", "evaluate", "format_path", "parse_gate"]
 OPERATORS = ("<=", ">=", "==", "!=", "<", ">")  # two-character ones first
 ORDERING = frozenset({"<", "<=", ">", ">="})
-MAX_LISTED = 15
 
 _COMPARE: dict[str, Callable[[object, object], bool]] = {
     "<": operator.lt,
@@ -61,8 +60,6 @@ _COMPARE: dict[str, Callable[[object, object], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INT = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _SIGNED_WORD = re.compile(r"[+-]?[A-Za-z_][A-Za-z0-9_.\-]*")
@@ -94,79 +91,8 @@ class GateResult:
 # parsing
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def fail(self, expected: str, pos: int | None = None, hint: str = "") -> UsageError:
-        col = (self.pos if pos is None else pos) + 1
-        hint = f"; {hint}" if hint else ""
-        return UsageError(
-            f"--fail-on {self.text!r}: {expected} at column {col}{hint}; example: {EXAMPLE}"
-        )
-
-    def skip_space(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos].isspace():
-            self.pos += 1
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def match(self, pattern: re.Pattern[str]) -> str | None:
-        m = pattern.match(self.text, self.pos)
-        if m is None:
-            return None
-        self.pos = m.end()
-        return m.group()
-
-    def quoted(self) -> str:
-        """A '...' or "..." string at the cursor (the cursor is on the opening quote)."""
-        quote, start = self.peek(), self.pos
-        end = self.text.find(quote, start + 1)
-        if end < 0:
-            raise self.fail(
-                f"expected a closing {quote}",
-                len(self.text),
-                f"the string opened at column {start + 1} never ends",
-            )
-        self.pos = end + 1
-        return self.text[start + 1 : end]
-
-    def path(self) -> tuple[str | int, ...]:
-        self.skip_space()
-        key = self.match(_KEY)
-        if key is None:
-            raise self.fail("expected a key")
-        parts: list[str | int] = [key]
-        while True:
-            self.skip_space()
-            c = self.peek()
-            if c == ".":
-                self.pos += 1
-                self.skip_space()
-                key = self.match(_KEY)
-                if key is None:
-                    raise self.fail("expected a key after '.'")
-                parts.append(key)
-            elif c == "[":
-                self.pos += 1
-                self.skip_space()
-                if self.peek() in ("'", '"'):
-                    parts.append(self.quoted())
-                else:
-                    index = self.match(_INT)
-                    if index is None:
-                        raise self.fail("expected an integer index or a quoted key after '['")
-                    if len(index.lstrip("-")) > 18:  # no report list is that long
-                        raise self.fail("expected a list index of at most 18 digits")
-                    parts.append(int(index))
-                self.skip_space()
-                if self.peek() != "]":
-                    raise self.fail("expected ']'")
-                self.pos += 1
-            else:
-                return tuple(parts)
+class _Parser(Scanner):
+    """The path (paths.Scanner), then an operator and a value."""
 
     def op(self) -> str:
         self.skip_space()
@@ -215,11 +141,6 @@ class _Parser:
 
         raise self.fail(expected)
 
-    def end(self) -> None:
-        self.skip_space()
-        if self.pos < len(self.text):
-            raise self.fail("expected the end of the expression")
-
 
 def parse_gate(text: str) -> Gate:
     """Parse one `--fail-on` expression; a malformed one is a UsageError naming the column."""
@@ -235,99 +156,21 @@ def parse_gate(text: str) -> Gate:
 # evaluation
 
 
-def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
-    """Canonical text of a path: `a.b`, `a["x.y"]`, `a[0]`."""
-    out: list[str] = []
-    for i, part in enumerate(path):
-        if isinstance(part, int):
-            out.append(f"[{part}]")
-        elif _KEY.fullmatch(part):
-            out.append(part if i == 0 else f".{part}")
-        else:
-            quote = "'" if '"' in part and "'" not in part else '"'
-            out.append(f"[{quote}{part}{quote}]")
-    return "".join(out)
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _available(obj: dict) -> str:
-    if not obj:
-        return "it is empty"
-    keys = sorted(str(k) for k in obj)
-    listed = ", ".join(keys[:MAX_LISTED])
-    more = len(keys) - MAX_LISTED
-    return f"available: {listed}" + (f", ... ({more} more)" if more > 0 else "")
-
-
-def _items(n: int) -> str:
-    return "1 item" if n == 1 else f"{n} items"
-
-
 def _resolve(gate: Gate, report: dict) -> object:
-    """The value at gate.path; every way of not finding a scalar is a UsageError."""
+    """The value at gate.path; every way of not finding a scalar, or one of the wrong kind for
+    the gate's value, is a UsageError."""
 
     def fail(message: str) -> UsageError:
         return UsageError(f"--fail-on {gate.text!r}: {message}")
 
-    node: object = report
-    for depth, part in enumerate(gate.path):
-        here = format_path(gate.path[:depth])
-        under = f"under '{here}'" if depth else "at the top level"
-        if isinstance(part, int):
-            if isinstance(node, list):
-                if not -len(node) <= part < len(node):
-                    raise fail(f"index {part} not found {under} (a list of {_items(len(node))})")
-                node = node[part]
-            elif isinstance(node, dict):
-                raise fail(f"'{here}' is an object, not a list; {_available(node)}")
-            else:
-                raise fail(f"'{here}' is {_kind(node)}, not a list; it has no [{part}]")
-        elif isinstance(node, dict):
-            if part not in node:
-                raise fail(f"'{part}' not found {under}; {_available(node)}")
-            node = node[part]
-        elif isinstance(node, list):
-            example = format_path((*gate.path[:depth], 0))
-            raise fail(
-                f"'{here}' is a list ({_items(len(node))}), not an object; index it, e.g. {example}"
-            )
-        else:
-            raise fail(f"'{here}' is {_kind(node)}, not an object; it has no '{part}'")
-        if node is None:
-            where = format_path(gate.path[: depth + 1])
-            # The diagnose report says why each of its nulls is null (report/schema.py).
-            why = (report.get("null_reasons") or {}).get(where) or "not measured in this run"
-            raise fail(f"'{where}' is null in this report ({why})")
-
+    try:
+        node = resolve(report, gate.path)
+    except PathError as e:
+        raise fail(str(e)) from None
     where = format_path(gate.path)
-    if isinstance(node, dict):
-        raise fail(f"'{where}' is an object, not a number or string; {_available(node)}")
-    if isinstance(node, list):
-        if not node:
-            raise fail(f"'{where}' is an empty list, not a number or string")
-        example = format_path((*gate.path, 0))
-        raise fail(
-            f"'{where}' is a list ({_items(len(node))}), not a number or string; "
-            f"index it, e.g. {example}"
-        )
-    if not isinstance(node, (bool, int, float, str)):
-        raise fail(f"'{where}' is {_kind(node)}, not a number or string")
     if isinstance(gate.value, str) and not isinstance(node, str):
         raise fail(
-            f"'{where}' is {_kind(node)} ({_show(node)}), but the gate compares it with the "
+            f"'{where}' is {kind(node)} ({_show(node)}), but the gate compares it with the "
             f"string {gate.value!r}; use a number"
         )
     if not isinstance(gate.value, str) and isinstance(node, str):

@@ -7,235 +7,33 @@ are checked against this before the run (`check_gate`), so a typo or a section t
 not measure is a usage error at once rather than after an hour of forward passes. A test
 checks that every path of real reports is declared here and every declared path occurs.
 
-Patterns are tuples of keys: ANY stands for any object key (tensor names, layer numbers,
-module kinds), EACH for any list index. Pure standard library; no torch.
+The declaration itself is data in `report/schema_spec.py`; this module walks it with the
+paths of `report/paths.py`. Pure standard library; no torch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from rejuv_cli.errors import UsageError
-from rejuv_cli.report.gates import Gate, format_path, parse_gate
+from rejuv_cli.report.gates import Gate
+from rejuv_cli.report.paths import format_path, parse_path
+from rejuv_cli.report.schema_spec import (
+    ANY,
+    CONDITIONS,
+    EACH,
+    ROLES,
+    RUNTIME,
+    SCHEMA,
+    TAUS,
+    Condition,
+    Leaf,
+    RunFlags,
+)
 
-ANY = "*"
-EACH = "#"
-TAUS = ("0.01", "0.025", "0.1")  # dormant thresholds as the report keys them (ops/activity.TAUS)
-ROLES = ("base", "sft", "candidate")
-
-
-@dataclass(frozen=True)
-class Leaf:
-    """A scalar in the report. kind: "number", "integer", "string", "boolean" or "any"; `label`
-    is the readable name the reports show; `nullable` says why it may be null in a complete
-    run."""
-
-    kind: str
-    label: str = ""
-    nullable: str = ""
-
-
-@dataclass(frozen=True)
-class Condition:
-    """When the section at a pattern exists; `flag` names the run setting it depends on."""
-
-    flag: str  # "forward", "candidate", "rank", "sharpness" or "never" (see RunFlags.holds)
-    absent: str  # completes "'<path>' …": why it is null or missing without it
-
-
-N = "number"
-STATS = {
-    "rel_drift": Leaf(N, "relative drift ‖Δ‖/‖θ_base‖"),
-    "cosine": Leaf(N, "cosine(θ, θ_base)"),
-    "msd": Leaf(N, "mean squared difference"),
-    "kurtosis": Leaf(N, "kurtosis of Δ"),
-    "top_share": Leaf(N, "share of ‖Δ‖² in the top 0.1% entries"),
-    "max_over_std": Leaf(N, "max|Δ| / std(Δ)"),
-}
-RANK = {
-    "stable_rank": Leaf(N, "stable rank of Δ"),
-    "effective_rank": Leaf(N, "effective rank of Δ"),
-}
-UNIT_DRIFT = {
-    "count": Leaf("integer", "units"),
-    **{k: Leaf(N, f"unit drift s_j, {k}") for k in ("mean", "p50", "p90", "p99", "max")},
-}
-
-
-def _weights(with_units: bool) -> dict:
-    block = {
-        "overall": STATS,
-        "spikiness": Leaf(N, "spikiness (matrices' top-0.1% energy share)"),
-        "drift_max": Leaf(N, "largest tensor drift"),
-        "drift_max_tensor": Leaf("string", "most-drifted tensor", "no tensor pair to compare"),
-        "layers": {ANY: STATS},
-        "layer_modules": {ANY: STATS},
-        "tensors": {ANY: STATS | {"numel": Leaf("integer", "elements")}},
-        "rank": {
-            "modules_mean": {ANY: RANK | {"max_rank": Leaf(N, "max rank")}},
-            "tensors": {ANY: RANK | {"max_rank": Leaf("integer", "max rank")}},
-        },
-    }
-    if with_units:
-        block["units"] = {ANY: UNIT_DRIFT}
-    return block
-
-
-def _output(vs_base: bool) -> dict:
-    block = {
-        "entropy_mean": Leaf(N, "mean entropy (nats)"),
-        "p_max_mean": Leaf(N, "mean max-probability"),
-        "confident_share": Leaf(N, "share of tokens with p_max > 0.99"),
-        "nll_mean": Leaf(N, "NLL of the calibration responses"),
-        "tokens": Leaf("integer", "response tokens scored"),
-        "entropy_hist": {
-            "edges": {EACH: Leaf(N, "bin edge")},
-            "counts": {EACH: Leaf("integer", "tokens in bin")},
-        },  # fmt: skip
-    }
-    if vs_base:
-        block["kl_mean"] = Leaf(N, "KL to BASE (nats/token)")
-        block["entropy_ratio"] = Leaf(
-            N, "entropy / BASE entropy", "BASE's mean entropy is 0, so a ratio to it is undefined"
-        )
-    return block
-
-
-def _units(vs_base: bool) -> dict:
-    dormant = {t: Leaf(N, f"dormant units (ReDo ≤ {t})") for t in TAUS}
-    block = {
-        "taus": {EACH: Leaf(N, "ReDo threshold")},
-        "dormant": dormant,
-        "saturated": Leaf(N, "saturated units"),
-        "units": Leaf("integer", "units measured"),
-        "layers": {EACH: {
-            "layer": Leaf("integer", "layer"), "module": Leaf("string", "module"),
-            "key": Leaf("string", "module instance"), "units": Leaf("integer", "units"),
-            "dormant": dormant, "saturated": Leaf(N, "saturated units"),
-            "percentiles": {p: Leaf(N, f"ReDo score {p}") for p in ("p1", "p5", "p50", "p95",
-                                                                       "p99")},
-        }},
-        "not_measured": {EACH: Leaf("string", "module instance not hooked")},
-    }  # fmt: skip
-    if vs_base:
-        block["dormant_increase"] = Leaf(N, "dormant share (≤ 0.025) minus BASE's")
-    return block
-
-
-_SHARP_MODEL = {
-    "loss": Leaf(N, "calibration NLL"),
-    "perturbed": {EACH: Leaf(N, "NLL at θ + u")},
-    "mirrored": {EACH: Leaf(N, "NLL at θ − u")},
-    "draw_values": {EACH: Leaf(N, "sharpness of one draw")},
-    "value": Leaf(N, "sharpness"),
-    "stderr": Leaf(N, "standard error of the sharpness", "one draw has no standard error"),
-}
-_REASON = {
-    "id": Leaf("string", "rule"), "level": Leaf("string", "level"),
-    "metric": Leaf("string", "metric path"), "value": Leaf(N, "value"),
-    "threshold": Leaf(N, "threshold"), "op": Leaf("string", "comparison"),
-    "message": Leaf("string", "message"),
-}  # fmt: skip
-_MODEL_INFO = {
-    "spec": Leaf("string", "as given"), "path": Leaf("string", "local path"),
-    "repo_id": Leaf("string", "Hub repository", "not from the Hub"),
-    "revision": Leaf("string", "Hub revision", "not from the Hub"),
-    "commit": Leaf("string", "Hub commit", "not from the Hub"),
-}  # fmt: skip
-SCHEMA: dict = {
-    "schema_version": Leaf("integer", "report schema version"),
-    "tool": Leaf("string", "tool and version"),
-    "inputs": {
-        "base": Leaf("string", "BASE"), "sft": Leaf("string", "SFT"),
-        "candidate": Leaf("string", "candidate"), "calib": Leaf("string", "calibration data"),
-        "samples": Leaf("integer", "calibration examples used"),
-        "max_tokens": Leaf("integer", "tokens per example"),
-        "response_tokens": Leaf("integer", "response tokens"),
-        "batches": Leaf("integer", "forward batches"),
-        "batch_tokens": Leaf("integer", "tokens per batch"),
-        "dtype": Leaf("string", "forward dtype"), "device": Leaf("string", "device"),
-        "weights_only": Leaf("boolean", "weights only"),
-        "unk_share": Leaf(N, "share of calibration tokens that are the unknown token",
-                          "the SFT tokenizer has no unknown token"),
-        "models": {role: _MODEL_INFO for role in ROLES},
-    },  # fmt: skip
-    "verdict": {
-        "label": Leaf("string", "verdict"),
-        "heuristic": Leaf("boolean", "heuristic"),
-        "reasons": {EACH: _REASON},
-        "suggested_command": Leaf("string", "suggested command", "the verdict is ok"),
-        "measured": Leaf("string", "measured"),
-        "candidate": {"label": Leaf("string", "candidate verdict"), "reasons": {EACH: _REASON}},
-    },
-    "weights": _weights(True) | {"candidate": _weights(False)},
-    "output": _output(True) | {"base": _output(False), "candidate": _output(True)},
-    "units": _units(True) | {"base": _units(False), "candidate": _units(True)},
-    "sharpness": {
-        "sft": Leaf(N, "SFT sharpness"), "base": Leaf(N, "BASE sharpness"),
-        "ratio": Leaf(N, "sharpness / BASE sharpness", "BASE's sharpness is ≤ 0"),
-        "candidate": Leaf(N, "candidate sharpness"),
-        "candidate_ratio": Leaf(N, "candidate sharpness / BASE sharpness",
-                                "BASE's sharpness is ≤ 0"),
-        "sigma_rel": Leaf(N, "noise σ relative to each matrix's RMS"),
-        "draws": Leaf("integer", "random directions (each probed as ±u)"),
-        "seed": Leaf("integer", "seed"),
-        "per_model": {role: _SHARP_MODEL for role in ROLES},
-    },
-    "comparison": {EACH: {
-        "metric": Leaf("string", "gate path"),
-        "candidate_metric": Leaf("string", "the candidate's gate path"),
-        "label": Leaf("string", "metric"), "sft": Leaf(N, "SFT"),
-        "candidate": Leaf(N, "candidate"), "better": Leaf("string", "better direction"),
-        "improved": Leaf("boolean", "improved"),
-    }},
-    "gates": {EACH: {
-        "gate": Leaf("string", "gate"),
-        "actual": Leaf("any", "actual value (number or string)", "not finite"),
-        "tripped": Leaf("boolean", "tripped"),
-    }},
-    "warnings": {EACH: Leaf("string", "warning")},
-    "null_reasons": {ANY: Leaf("string", "why this path is null")},
-    "seconds": Leaf(N, "seconds"),
-}  # fmt: skip
-
-_FORWARD = Condition("forward", "is not measured with --weights-only")
-_CAND = Condition("candidate", "needs --candidate")
-_INPUTS = ("calib", "samples", "max_tokens", "response_tokens", "batches", "batch_tokens",
-           "dtype", "unk_share")  # fmt: skip
-_CANDIDATE = [("inputs", "candidate"), ("inputs", "models", "candidate"),
-              ("verdict", "candidate"), ("sharpness", "candidate_ratio"), ("comparison",),
-              ("sharpness", "per_model", "candidate")]  # fmt: skip
-_CANDIDATE += [(section, "candidate") for section in ("weights", "output", "units", "sharpness")]
-CONDITIONS: dict[tuple, Condition | tuple[Condition, ...]] = {
-    **{("inputs", key): _FORWARD for key in _INPUTS},
-    ("output",): _FORWARD,
-    ("units",): _FORWARD,
-    ("sharpness",): (_FORWARD, Condition("sharpness", "is not measured with --sharpness-draws 0")),
-    **{prefix: _CAND for prefix in _CANDIDATE},
-    ("weights", "rank"): Condition("rank", "needs --rank"),
-    ("weights", "candidate", "rank"): Condition("rank", "needs --rank"),
-    ("gates",): Condition("never", "is written after the gates are evaluated; not gateable"),
-}
-# Sections that a run may leave out whatever its flags (the builder records why).
-RUNTIME = {
-    ("sharpness",): "skipped when a model is offloaded (see warnings) or --sharpness-draws 0",
-    ("units",): "needs a unit map for the architecture",
-}
-
-
-@dataclass(frozen=True)
-class RunFlags:
-    """What the command line says will be measured."""
-
-    weights_only: bool = False
-    candidate: bool = False
-    rank: bool = False
-    sharpness: bool = True  # --sharpness-draws > 0
-
-    def holds(self, flag: str) -> bool:
-        return {"forward": not self.weights_only, "candidate": self.candidate,
-                "rank": self.rank, "sharpness": self.sharpness, "never": False}[flag]  # fmt: skip
+__all__ = ["ANY", "CONDITIONS", "EACH", "ROLES", "RUNTIME", "SCHEMA", "TAUS", "Condition", "Leaf",
+           "RunFlags", "check_gate", "explain_nulls", "label", "leaf_patterns", "node_at",
+           "parse_path", "pattern_of", "unmet"]  # fmt: skip
 
 
 def _matches(part, key) -> bool:
@@ -293,11 +91,6 @@ def unmet(path, flags: RunFlags) -> str | None:
             if not flags.holds(c.flag):
                 return f"'{format_path(pattern[:i])}' {c.absent}"
     return None
-
-
-def parse_path(text: str) -> tuple:
-    """A path in gate syntax (`units.dormant["0.025"]`) as a tuple of keys and indexes."""
-    return parse_gate(f"{text}==0").path
 
 
 def label(*path) -> str:

@@ -1,5 +1,7 @@
 """The handoff experiment's building blocks (bench/handoff): task, tokenizer, SFT batches, and
-the GRPO update. The experiment itself is `make handoff`; these check its parts are right."""
+the GRPO update. The experiment itself is `make handoff`; these check its parts are right.
+They live beside the code they test (pytest collects bench/handoff too: pyproject testpaths),
+so tests/ never imports bench/."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "handoff"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # task, grpo, train beside it
 
 import grpo  # noqa: E402
 import task  # noqa: E402

@@ -1,4 +1,5 @@
-"""The data-driven reset scorers (METHOD.md section 3): `dormant`, `saturated`, `attribution`.
+"""The activation-based reset scorers (METHOD.md section 3): `dormant` and `saturated`, and
+`CalibRun`, the set-up every data scorer (`attribution` too) shares.
 
 Each returns `UnitScores` like the weights-only `drift` scorer, so selection, the per-module
 cap, protection and masks go through the same code. Protection still ranks units by their
@@ -13,16 +14,17 @@ import time
 import numpy as np
 
 from rejuv_cli.ops import activity as act
+from rejuv_cli.reset.norms import gather, stream_norms
+from rejuv_cli.reset.scores import UnitScores
 
 
-class _Run:
+class CalibRun:
     """What every data scorer needs before its own pass: BASE norms for protection (one
     streaming BASE pass), the calibration batches, and the SFT model."""
 
     def __init__(self, layout, base, sft, device, on_bytes, settings, max_memory, load=True,
                  batch_tokens=None):  # fmt: skip
         from rejuv_cli.calib.forward import prepare_calibration
-        from rejuv_cli.scoring import gather, stream_norms
 
         self.t0 = time.perf_counter()
         self.layout, self.settings = layout, settings
@@ -42,8 +44,6 @@ class _Run:
     def result(self, by_key: dict, not_measured: list[str], **info):
         """UnitScores in layout order; units of modules that were not measured get NaN, which
         selection never picks."""
-        from rejuv_cli.scoring import UnitScores
-
         scores = [by_key.get(inst.key, np.full(inst.n_units, np.nan))
                   for inst in self.layout.instances]  # fmt: skip
         info = {"calib": self.settings.calib, "samples": self.calib.samples,
@@ -56,7 +56,7 @@ class _Run:
 def _activity_scores(kind: str, layout, base, sft, device, on_bytes, settings, max_memory):
     from rejuv_cli.calib.forward import activation_sites, record_activity
 
-    run = _Run(layout, base, sft, device, on_bytes, settings, max_memory)
+    run = CalibRun(layout, base, sft, device, on_bytes, settings, max_memory)
     recorder = record_activity(run.model, run.calib, activation_sites(layout), device)
     by_key = {}
     for key, stats in recorder.stats.items():
@@ -75,35 +75,3 @@ def score_saturated(layout, base, sft, device, on_bytes=None, settings=None, max
     """Always-on units: relative mean activity / (CV + ε), highest first."""
     return _activity_scores("saturated", layout, base, sft, device, on_bytes, settings,
                             max_memory)  # fmt: skip
-
-
-def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
-    """The paper's scorer: units' contributions to SFT's top-1 logit at the response positions
-    where SFT's and BASE's next-token entropies differ most (METHOD.md section 3)."""
-    from rejuv_cli.calib.attribution import (
-        BATCH_TOKENS,
-        attribution_scores,
-        gaps_from,
-        response_entropies,
-        select_positions,
-        target_positions,
-    )
-    from rejuv_cli.calib.forward import activation_sites, config_vocab
-    from rejuv_cli.calib.vocab import unseen_note
-
-    run = _Run(layout, base, sft, device, on_bytes, settings, max_memory, load=False,
-               batch_tokens=BATCH_TOKENS)  # fmt: skip
-    batches = run.calib.batches
-    # BASE and SFT run one after the other, so only one model is loaded at any time.
-    vocab = min(config_vocab(base.root, "BASE"), config_vocab(sft.root, "SFT"))
-    base_model = run.load(base.root, "BASE")
-    base_entropies = response_entropies(base_model, batches, device, vocab)
-    if note := unseen_note("BASE", base_model):
-        run.calib.warnings.append(note)
-    del base_model  # only its entropies are needed
-    run.model = run.load(sft.root, "SFT")
-    gaps = gaps_from(base_entropies, response_entropies(run.model, batches, device, vocab), batches)
-    positions = select_positions(gaps, masks=[target_positions(b) for b in batches])
-    result = attribution_scores(run.model, batches, positions, activation_sites(layout), device)
-    return run.result(result.scores, result.missing, positions=result.positions,
-                      reconstruction=result.reconstruction)  # fmt: skip

@@ -1,0 +1,188 @@
+"""The fuse executor: stream paired BASE/SFT row chunks, fuse and reset them on the device,
+write the planned shards.
+
+Reading (chunk order, buffers, device) is `checkpoint.stream`; the math is `ops/`; the reset
+slices come from `reset.tensors`. The executor never knows which format its sources are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import xxhash
+
+from rejuv_cli.checkpoint.dtypes import ITEMSIZE, torch_dtype
+from rejuv_cli.checkpoint.source import TensorSource
+from rejuv_cli.checkpoint.stream import Buffers, PairedChunk, PairedStream, TensorPair, row_length
+from rejuv_cli.errors import NonFiniteError
+from rejuv_cli.ops.fuse import all_finite, fuse_into
+from rejuv_cli.ops.reset import reset_values
+from rejuv_cli.plan import BASE, FUSE, FusePlan, TensorPlan
+
+if TYPE_CHECKING:
+    from rejuv_cli.recipe import ResetSettings
+    from rejuv_cli.reset.tensors import TensorReset
+
+
+@dataclass
+class ExecStats:
+    bytes_written: int = 0
+    seconds: float = 0.0
+    digests: dict[str, dict[str, str]] = field(default_factory=lambda: {"base": {}, "sft": {}})
+
+
+class Executor:
+    """Writes the planned shards of one fuse into `out_dir`, reading any two tensor sources."""
+
+    def __init__(
+        self,
+        plan: FusePlan,
+        base: TensorSource,
+        sft: TensorSource,
+        device: torch.device,
+        on_bytes: Callable[[int], None] | None = None,
+        resets: dict[str, TensorReset] | None = None,
+        reset_settings: ResetSettings | None = None,
+    ):
+        self.plan, self.base, self.sft, self.device = plan, base, sft, device
+        self.resets = resets or {}
+        self.reset_settings = reset_settings
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.buffers = Buffers(pin=device.type == "cuda")
+        self.stats = ExecStats()
+        self._headers = {s.filename: s.header_bytes() for s in plan.shards}
+
+    def run(self, out_dir: Path) -> ExecStats:
+        """Write every shard: header first, then each tensor's chunks in header order."""
+        t0 = time.perf_counter()
+        stream = PairedStream(self.base, self.sft, self.device, digest=True)
+        f, shard = None, None
+        try:
+            for chunk in stream.chunks(self._pairs()):
+                if chunk.pair.tag[0] != shard:
+                    if f is not None:
+                        _close(f)
+                    shard = chunk.pair.tag[0]
+                    f = open(out_dir / shard, "wb")  # noqa: SIM115 - one shard at a time
+                    _write(f, self._headers[shard])
+                self._write_chunk(f, chunk)
+            if f is not None:
+                _close(f)
+        finally:
+            if f is not None and not f.closed:
+                with contextlib.suppress(OSError):  # already failing: keep the first error
+                    f.close()
+        for s in self.plan.shards:  # a shard of only empty tensors has no chunks
+            if not (out_dir / s.filename).exists():
+                (out_dir / s.filename).write_bytes(self._headers[s.filename])
+        self.stats.digests = stream.digests()
+        self.stats.seconds = time.perf_counter() - t0
+        return self.stats
+
+    def _pairs(self) -> Iterator[TensorPair]:
+        """Output tensors in shard and header order; tag = (shard file, TensorPlan)."""
+        by_name = self.plan.by_name()
+        for shard in self.plan.shards:
+            for entry in shard.ordered():
+                tp = by_name[entry.name]
+                base = tp.base.name if tp.base is not None else None
+                yield TensorPair(tp.sft.shape, tp.name, base, tp.base_rows, (shard.filename, tp))
+
+    def _write_chunk(self, f, c: PairedChunk) -> None:
+        tp = c.pair.tag[1]
+        out_dtype = torch_dtype(tp.out_dtype)
+        if c.base is not None:
+            out = self._combine(tp, c, out_dtype)
+            origin = {FUSE: "fused", BASE: "BASE"}.get(tp.action, "SFT")
+        else:
+            out = c.sft if c.sft.dtype == out_dtype else c.sft.to(out_dtype)  # exact SFT bytes
+            origin = "SFT"
+        if not all_finite(out):
+            raise NonFiniteError(
+                f"tensor '{tp.name}' would be written with NaN/inf values (from the {origin} "
+                f"weights, elements {c.start}..{c.stop - 1}); check the input checkpoints"
+            )
+        data = out.contiguous().view(torch.uint8)
+        _write(f, data.numpy())
+        self.stats.bytes_written += data.numel()
+        self.on_bytes(data.numel())
+
+    def _combine(self, tp: TensorPlan, c: PairedChunk, out_dtype) -> torch.Tensor:
+        """One chunk of the planned action and reset, on the device; returns a CPU tensor."""
+        alpha = tp.alpha if tp.action == FUSE else 0.0 if tp.action == BASE else 1.0
+        b, s = c.base, c.sft
+        n = s.numel()
+        out = self.buffers.get("out", n * ITEMSIZE[tp.out_dtype]).view(out_dtype)
+        if self.device.type == "cpu":
+            scratch = self.buffers.get("f32", n * 4).view(torch.float32)
+            fuse_into(out, b, s, alpha, scratch)
+            self._reset(tp, c, out, b, s, alpha)
+            return out
+        b = b.to(self.device, non_blocking=True)
+        s = s.to(self.device, non_blocking=True)
+        result = torch.empty(n, dtype=out_dtype, device=self.device)
+        fuse_into(result, b, s, alpha, torch.empty(n, dtype=torch.float32, device=self.device))
+        self._reset(tp, c, result, b, s, alpha)
+        out.copy_(result)
+        return out
+
+    def _reset(self, tp: TensorPlan, c: PairedChunk, out, b, s, alpha: float) -> None:
+        """Overwrite the chunk's selected rows and columns with their reset values."""
+        tr = self.resets.get(tp.name)
+        if tr is None:
+            return
+        row_len = row_length(tp.sft.shape)
+        r0, r1 = c.start // row_len, c.stop // row_len
+        out2, b2, s2 = (t.view(r1 - r0, row_len) for t in (out, b, s))
+        lo, hi = np.searchsorted(tr.rows, [r0, r1])
+        if hi > lo:
+            idx = torch.from_numpy(tr.rows[lo:hi] - r0).to(self.device)
+            values = tr.row_values[lo:hi] if tr.row_values is not None else None
+            out2[idx] = self._reset_block(b2[idx], s2[idx], alpha, values, out.dtype)
+        if tr.cols.size:
+            idx = torch.from_numpy(tr.cols).to(self.device)
+            values = tr.col_values[r0:r1] if tr.col_values is not None else None
+            out2[:, idx] = self._reset_block(b2[:, idx], s2[:, idx], alpha, values, out.dtype)
+
+    def _reset_block(self, b, s, alpha: float, values, out_dtype) -> torch.Tensor:
+        cfg = self.reset_settings
+        if values is not None:
+            values = values.to(self.device)
+            if cfg.mode == "reinit":
+                return values.to(out_dtype)
+        return reset_values(b, s, alpha, cfg.omega, out_dtype, noise=values)
+
+
+def _write(f, data) -> None:
+    """f.write that names the file in its OSError (a full disk reports no file name)."""
+    try:
+        f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, f.name) from e
+
+
+def _close(f) -> None:
+    """f.close, naming the file: the last buffered bytes are written here and can fail too."""
+    try:
+        f.close()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, f.name) from e
+
+
+def checkpoint_digest(tensor_digests: dict[str, str], ckpt: TensorSource) -> str:
+    """One xxh3-128 over (name, dtype, shape, per-tensor digest), sorted by name.
+
+    Independent of sharding: the same weights saved with different shard sizes digest alike.
+    """
+    h = xxhash.xxh3_128()
+    for name in sorted(tensor_digests):
+        info = ckpt.tensors[name]
+        h.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{tensor_digests[name]}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,170 @@
+"""Page sections: header, verdicts, before/after comparison and output space."""
+
+from __future__ import annotations
+
+from rejuv_cli.report.html.bars import entropy_histogram_svg
+from rejuv_cli.report.html.cells import (
+    DASH,
+    OUTPUT_KEYS,
+    VERDICT_BG,
+    VERDICT_COLORS,
+    _finite,
+    _has,
+    _head,
+    _num,
+    _path,
+    _row_head,
+    _table,
+    esc,
+    fmt,
+)
+
+
+def _header(report: dict) -> str:
+    inputs = report.get("inputs") or {}
+    rows = [
+        ("base", inputs.get("base")),
+        ("sft", inputs.get("sft")),
+        ("candidate", inputs.get("candidate")),
+        ("calibration", inputs.get("calib")),
+        ("samples", inputs.get("samples")),
+        ("max tokens", inputs.get("max_tokens")),
+        ("device", inputs.get("device")),
+    ]
+    if inputs.get("weights_only"):
+        rows.append(("mode", "weights only (--weights-only)"))
+    rows = [(k, v) for k, v in rows if v is not None or k in ("base", "sft")]
+    body = "".join(f'<tr><th>{esc(k)}</th><td class="mono">{fmt(v)}</td></tr>' for k, v in rows)
+    tool = report.get("tool") or "rejuv"
+    schema = report.get("schema_version")
+    return (
+        "<header><h1>rejuv diagnose</h1>"
+        f'<p class="muted">plasticity report · {esc(tool)}'
+        + (f" · schema {fmt(schema)}" if schema is not None else "")
+        + f'</p><table class="kv">{body}</table></header>'
+    )
+
+
+def _verdict_block(v: dict, title: str) -> str:
+    label = str(v.get("label") or "unknown")
+    color = VERDICT_COLORS.get(label, "#57606a")
+    out = [
+        f'<section class="verdict" style="--vc:{color};--vbg:{VERDICT_BG.get(label, "#f6f8fa")}">',
+        f'<h3 style="margin-top:0">{esc(title)} <span class="badge big verdict-label" '
+        f'data-label="{esc(label)}">{esc(label)}</span></h3>',
+        '<p class="muted small">Verdicts are heuristics built from thresholds on the metrics '
+        "below; read the reasons, not just the label.</p>",
+    ]
+    reasons = v.get("reasons") or []
+    if reasons:
+        rows = []
+        for r in reasons:
+            level = str(r.get("level") or "")
+            lc = VERDICT_COLORS.get(level, "#57606a")
+            badge = (
+                f'<span class="level" style="background:{lc}">{esc(level)}</span>' if level else ""
+            )
+            rows.append(
+                (
+                    f'<td class="mono">{badge}{esc(r.get("id", ""))}</td>',
+                    f'<td class="mono">{esc(r.get("metric", ""))}</td>',
+                    _num(r.get("value"), path=r.get("metric") or None),
+                    _num(r.get("threshold")),
+                    f"<td>{esc(r.get('message', ''))}</td>",
+                )
+            )
+        head = ["id", "metric", "value", "threshold", "message"]
+        out.append(_table(head, rows, "wide reasons"))
+    else:
+        out.append("<p>No heuristic fired.</p>")
+    cmd = v.get("suggested_command")
+    if cmd:
+        out.append(f'<p class="small muted">Suggested next step:</p><pre>{esc(cmd)}</pre>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _verdict(report: dict) -> str:
+    v = report.get("verdict")
+    if not v:
+        return "<h2>Verdict</h2><p>No verdict in this report.</p>"
+    out = ["<h2>Verdict</h2>", _verdict_block(v, "SFT checkpoint")]
+    if v.get("candidate"):
+        out.append(_verdict_block(v["candidate"], "Candidate"))
+    return "".join(out)
+
+
+def _comparison(report: dict) -> str:
+    comp = report.get("comparison")
+    if not comp:
+        return ""
+    rows = []
+    for c in comp:
+        s, cand = _finite(c.get("sft")), _finite(c.get("candidate"))
+        arrow = DASH if s is None or cand is None else "↑" if cand > s else "↓" if cand < s else "="
+        improved = c.get("improved")
+        if improved is True:
+            mark = '<span class="better">✓ improved</span>'
+        elif improved is False and arrow not in ("=", DASH):
+            mark = '<span class="worse">✗ worse</span>'
+        else:
+            mark = '<span class="same">no change</span>'
+        label = c.get("label") or c.get("metric", "")
+        after = c.get("candidate_metric")
+        rows.append(
+            (
+                f"<td>{esc(label)}<br>{_path(c.get('metric', ''))}"
+                + (f"; {_path(after)}" if after else "")
+                + "</td>",
+                _num(c.get("sft"), path=c.get("metric") or None),
+                _num(c.get("candidate"), path=after),
+                f'<td class="num">{arrow}</td>',
+                f"<td>{esc(c.get('better') or '')} is better</td>",
+                f"<td>{mark}</td>",
+            )
+        )
+    head = ["metric", "SFT", "candidate", "change", "direction", ""]
+    return "<h2>Before / after: SFT vs candidate</h2>" + _table(head, rows, "wide comparison")
+
+
+def _output(report: dict) -> str:
+    out = ["<h2>Output space</h2>"]
+    output = report.get("output")
+    if not output:
+        out.append(
+            '<p class="not-measured">Output-space metrics: <strong>not measured '
+            "(--weights-only)</strong>.</p>"
+        )
+        return "".join(out)
+    inputs = report.get("inputs") or {}
+    if inputs.get("calib"):
+        out.append(
+            f'<p class="muted small">On calibration set {esc(inputs["calib"])}; '
+            f"samples {fmt(inputs.get('samples'))}, up to {fmt(inputs.get('max_tokens'))} "
+            "tokens each.</p>"
+        )
+    rows = []
+    for name, d, path in (
+        ("base", output.get("base"), ("output", "base")),
+        ("sft", output, ("output",)),
+        ("candidate", output.get("candidate"), ("output", "candidate")),
+    ):
+        if not d:
+            continue
+        rows.append(
+            [_row_head(name, path)]
+            + [_num(d.get(k), path=(*path, k) if _has(d, k) else None) for k, _ in OUTPUT_KEYS]
+        )
+    head = ["model · gate path"] + [_head(h, k) for k, h in OUTPUT_KEYS]
+    out.append(_table(head, rows, "wide output"))
+    svg = entropy_histogram_svg(output)
+    if svg:
+        out.append(
+            f"<figure>{svg}<figcaption>Share of calibration tokens per entropy bin; dashed "
+            "lines mark each model's mean entropy. A mass piled up near 0 nats means the model "
+            "is near-deterministic on these prompts. Gate paths: "
+            f"{_path('output.entropy_hist.counts[i]')} (bin edges {_path('…edges[i]')}; "
+            f"BASE's under {_path('output.base')}, the candidate's under "
+            f"{_path('output.candidate')}).</figcaption></figure>"
+        )
+    return "".join(out)
