@@ -509,7 +509,6 @@ def test_attribution_scores_at_fixed_positions_match_cpu(pairs, family, kit, rec
     """Same positions (chosen on the CPU) on both devices: the per-unit contributions agree
     to bf16 precision. Positions whose float32 top-1 leads by < MARGIN are left out: there the
     target token itself may flip in bf16, which changes the quantity being attributed."""
-    from rejuv_cli.reset import attribution as A
     from rejuv_cli.calib.forward import (
         activation_sites,
         config_vocab,
@@ -517,6 +516,7 @@ def test_attribution_scores_at_fixed_positions_match_cpu(pairs, family, kit, rec
         prepare_calibration,
     )
     from rejuv_cli.checkpoint.reader import Checkpoint
+    from rejuv_cli.reset import attribution as A
 
     base, sft = pairs[family]
     with Checkpoint.open(base, "BASE") as b, Checkpoint.open(sft, "SFT") as s:
