@@ -15,7 +15,7 @@ Environment read by the tests (tests/test_gpu.py):
   REJUV_TEST_GPU_DEVICE  cuda | cuda:N | cpu. cpu is the dry run: the "device" side runs on the
                          CPU. Unset: cuda when torch has it, else the tests are skipped.
   REJUV_TEST_GPU_BF16    dry run only, default 1: load the device side's models in bfloat16, as
-                         CUDA does (calib/forward.py `model_dtype`), so forward-pass comparisons
+                         CUDA does (calib/models.py `model_dtype`), so forward-pass comparisons
                          meet real bf16-vs-float32 differences and the tolerances are exercised.
                          0: float32 on both sides (every difference is then zero).
 
@@ -120,20 +120,20 @@ class Kit:
     @contextmanager
     def side(self):
         """Inside: models load as on the device. Only a dry run with bf16 emulation changes
-        anything (rejuv_cli.calib.forward.model_dtype -> bfloat16); on CUDA it is a no-op."""
+        anything (rejuv_cli.calib.models.model_dtype -> bfloat16); on CUDA it is a no-op."""
         if not (self.dry_run and self.bf16):
             yield
             return
         import torch
 
-        import rejuv_cli.calib.forward as forward
+        import rejuv_cli.calib.models as models
 
-        original = forward.model_dtype
-        forward.model_dtype = lambda device: torch.bfloat16
+        original = models.model_dtype
+        models.model_dtype = lambda device: torch.bfloat16
         try:
             yield
         finally:
-            forward.model_dtype = original
+            models.model_dtype = original
 
 
 def make_kit(device: str) -> Kit:

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rejuv_cli.calib.data import load_examples
 from rejuv_cli.calib.encode import batches, encode, pad_id_of
-from rejuv_cli.calib.forward import activation_sites, response_logits, shared_vocab
+from rejuv_cli.calib.forward import activation_sites, response_logits
+from rejuv_cli.calib.models import shared_vocab
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.ops.tokens import log_probs, token_stats
 from rejuv_cli.plan import build_plan

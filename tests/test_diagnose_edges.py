@@ -99,7 +99,7 @@ def test_base_reads_an_added_id_as_its_mean_embedding(chat):
     embedding (transformers' resize_token_embeddings, mean_resizing)."""
     from transformers import AutoModelForCausalLM
 
-    from rejuv_cli.calib.forward import load_model
+    from rejuv_cli.calib.models import load_model
 
     hooked = load_model(BASE, "BASE", torch.device("cpu"))
     resized = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32).eval()

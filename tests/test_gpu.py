@@ -20,7 +20,7 @@ Tolerances, and why:
 - Weight-space reductions (drift norms, Δ moments) run in float32 per chunk on both devices,
   summed in a different order (tree reductions on CUDA over 2^24-element chunks, 2^19 on CPU),
   accumulated in float64: relative error ~log2(n)·2^-24, under RTOL_REDUCTION = 1e-5.
-- Forward passes run in float32 on the CPU and bfloat16 on CUDA (calib/forward.py
+- Forward passes run in float32 on the CPU and bfloat16 on CUDA (calib/models.py
   `model_dtype`). bf16 keeps 8 significant bits (unit roundoff 2^-9 ≈ 2e-3 per rounding); two
   layers of matmuls, norms and residual adds compound that to about 1% of an activation.
   Tolerances below are max |Δ| / max |reference| per module instance unless stated; the dry
@@ -509,12 +509,8 @@ def test_attribution_scores_at_fixed_positions_match_cpu(pairs, family, kit, rec
     """Same positions (chosen on the CPU) on both devices: the per-unit contributions agree
     to bf16 precision. Positions whose float32 top-1 leads by < MARGIN are left out: there the
     target token itself may flip in bf16, which changes the quantity being attributed."""
-    from rejuv_cli.calib.forward import (
-        activation_sites,
-        config_vocab,
-        load_model,
-        prepare_calibration,
-    )
+    from rejuv_cli.calib.forward import activation_sites, prepare_calibration
+    from rejuv_cli.calib.models import config_vocab, load_model
     from rejuv_cli.checkpoint.reader import Checkpoint
     from rejuv_cli.reset import attribution as A
 

@@ -276,7 +276,7 @@ def test_config_with_more_layers_than_the_shards_is_refused(llama_copy, tmp_path
 
 
 def test_load_model_refuses_weights_it_would_initialise(llama_copy):
-    from rejuv_cli.calib.forward import load_model
+    from rejuv_cli.calib.models import load_model
 
     _, sft = llama_copy
     set_config(sft, num_hidden_layers=3)
@@ -327,7 +327,7 @@ def test_config_with_fewer_layers_than_the_shards(llama_copy, tmp_path):
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "mixtral", "phi3"])
 def test_fixture_families_load_without_notes(pairs, family):
     """No false alarms: rotary inv_freq and other non-persistent buffers, tied lm_heads."""
-    from rejuv_cli.calib.forward import load_model
+    from rejuv_cli.calib.models import load_model
 
     notes: list[str] = []
     load_model(pairs[family][1], "SFT", torch.device("cpu"), warnings=notes)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from rejuv_cli.calib.forward import load_model, offload_note, offloaded_share
+from rejuv_cli.calib.models import load_model, offload_note, offloaded_share
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.plan import build_plan
 from rejuv_cli.recipe import Recipe, ResetSettings
@@ -138,7 +138,7 @@ def test_a_gpu_budget_below_one_block_is_detected(pairs, family):
     """On CUDA a budget below every block gives accelerate's map {"": "cpu"}, which installs no
     hooks: the model would stay on the CPU. load_model refuses that with the size needed: the
     largest decoder block, computed here from the layers themselves."""
-    from rejuv_cli.calib.forward import nothing_on_device
+    from rejuv_cli.calib.models import nothing_on_device
 
     model = load_model(pairs[family][1], "SFT", CPU)
     layers = model.model.layers if family == "llama" else model.transformer.h

@@ -37,7 +37,7 @@ class CalibRun:
 
     def load(self, path, label: str):
         """A model for forward passes; an offload warning joins the scorer's warnings."""
-        from rejuv_cli.calib.forward import load_model
+        from rejuv_cli.calib.models import load_model
 
         return load_model(path, label, self.device, self.max_memory, self.calib.warnings)
 

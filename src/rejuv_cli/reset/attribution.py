@@ -68,7 +68,8 @@ BATCH_TOKENS = 2048
 def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
     """The paper's scorer: units' contributions to SFT's top-1 logit at the response positions
     where SFT's and BASE's next-token entropies differ most (METHOD.md section 3)."""
-    from rejuv_cli.calib.forward import activation_sites, config_vocab
+    from rejuv_cli.calib.forward import activation_sites
+    from rejuv_cli.calib.models import config_vocab
     from rejuv_cli.calib.vocab import unseen_note
 
     run = CalibRun(layout, base, sft, device, on_bytes, settings, max_memory, load=False,

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rejuv_cli.calib.forward import Batch, Site, refetch_offloaded_weights
+from rejuv_cli.calib.forward import Batch, Site
+from rejuv_cli.calib.models import refetch_offloaded_weights
 from rejuv_cli.reset.model_parts import _as_btd, _first, _frozen_norm, _Parts, _parts
 
 
