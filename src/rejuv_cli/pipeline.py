@@ -224,7 +224,7 @@ def output_bytes_needed(p: Prepared) -> int:
 def disk_summary(p: Prepared) -> dict:
     """Space the output needs and what OUT's filesystem has free (also when OUT is replaced:
     the previous output is removed only after the new one is complete)."""
-    from rejuv_cli.checkpoint.output import free_bytes
+    from rejuv_cli.checkpoint.disk import free_bytes
 
     free, where = free_bytes(p.job.out)
     needed = output_bytes_needed(p)
@@ -243,8 +243,9 @@ def run_fuse(
     `say` receives one-line notes (leftovers of killed runs that were cleaned up).
     """
     from rejuv_cli.checkpoint.card import write_card_and_provenance
+    from rejuv_cli.checkpoint.disk import check_free_space
     from rejuv_cli.checkpoint.files import copy_side_files, write_config
-    from rejuv_cli.checkpoint.output import check_free_space, note_to_stderr, output_dir
+    from rejuv_cli.checkpoint.output import note_to_stderr, output_dir
     from rejuv_cli.checkpoint.stream import pick_device
     from rejuv_cli.checkpoint.writer import write_index
     from rejuv_cli.executor import Executor, checkpoint_digest

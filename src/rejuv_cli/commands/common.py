@@ -90,7 +90,7 @@ def write_stdout(text: str) -> None:
     one OutputError line, and Python's exit-time flush is silenced (no "Exception ignored")."""
     import errno
 
-    from rejuv_cli.checkpoint.output import describe_os_error
+    from rejuv_cli.checkpoint.disk import describe_os_error
     from rejuv_cli.errors import OutputError
 
     try:
