@@ -17,7 +17,7 @@ import typer
 
 from rejuv_cli.errors import UsageError
 from rejuv_cli.reset.registry import CALIB_PARAMS
-from rejuv_cli.settings import SETTINGS, Invalid, Setting, flag_default
+from rejuv_cli.settings import SETTINGS, Invalid, Range, Setting, flag_default
 
 
 def _callback(s: Setting):
@@ -33,15 +33,25 @@ def _callback(s: Setting):
     return validate
 
 
+def _bounds(r: Range) -> str:
+    """A range as Click wrote it in help texts before the settings table: 0.0<=x<=0.5, x>=1."""
+    low = f"{r.lo}<x" if r.lo_open else f"{r.lo}<=x"
+    if r.hi == float("inf"):
+        return f"x>{r.lo}" if r.lo_open else f"x>={r.lo}"
+    return f"{low}<={r.hi}"
+
+
 def option(name: str, command: str):
     """The typer.Option of setting `name` in `command`, its default shown in the help text (a
     recipe may supply fuse's values, so there the flag's own default is None)."""
     s = SETTINGS[name]
     text = s.help
     if command == "fuse" and name in CALIB_PARAMS:  # fuse reads them only for these scorers
-        text = f"Data scorers: {text}"
+        text = f"Data scorers only. {text}"
     if "[default:" not in text and s.default_text() is not None:
         text += f" [default: {s.default_text()}]"
+    if isinstance(s.check, Range):
+        text += f" [{_bounds(s.check)}]"
     kw: dict = {}
     if s.type is Path:
         kw["dir_okay"] = False
