@@ -239,6 +239,10 @@ _ALL: list[Setting] = [
             Range(0, integer=True), commands=("diagnose",)),
     Setting("sharpness_sigma", ("--sharpness-sigma",), float, 0.02,
             "Noise per matrix, relative to its RMS.", Range(1e-6, 1.0), commands=("diagnose",)),
+    Setting("min_skill", ("--min-skill",), float, 0.9,
+            "Verdict: a candidate keeping less than this share of SFT's skill (NLL gain over "
+            "BASE, output.candidate.skill_retained) is at least watch.", Range(0.0, 1.0),
+            commands=("diagnose",)),
     Setting("batch_tokens", ("--batch-tokens",), int, None,
             "Tokens per forward batch, padding included [default: 4096 CPU, 8192 CUDA].",
             Range(64, integer=True), commands=("diagnose",)),

@@ -25,8 +25,9 @@ HELP = """Measure how rigid an SFT checkpoint is before RL, and what a fuse chan
 
 Weight space (streams both checkpoints, any size): drift, cosine, spikiness per tensor, layer
 and module, per-unit drift. Output space (forward passes on calibration data, teacher-forced
-on the responses): entropy, max-probability, over-confident share, KL to BASE; unit activity
-(dormant and saturated units) and random-direction sharpness. The verdict (rigid / watch / ok)
+on the responses): entropy, max-probability, over-confident share, KL to BASE, NLL and skill
+retained (the share of SFT's NLL gain over BASE kept); unit activity (dormant and saturated
+units) and random-direction sharpness. The verdict (rigid / watch / ok)
 is a heuristic with the reasons that fired; thresholds are in the README.
 
 The report goes to stderr; --json and --html write it for machines and people.
@@ -49,7 +50,7 @@ def _opt(*names: str, **kw):
 
 
 DIAGNOSE_SETTINGS = ("calib", "samples", "max_tokens", "device", "max_memory", "sharpness_draws",
-                     "sharpness_sigma", "batch_tokens")  # fmt: skip
+                     "sharpness_sigma", "batch_tokens", "min_skill")  # fmt: skip
 
 
 @with_settings("diagnose", DIAGNOSE_SETTINGS, after="candidate")

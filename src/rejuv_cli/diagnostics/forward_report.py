@@ -13,6 +13,7 @@ from rejuv_cli.diagnostics.output import (
     calibration_pass,
     entropy_edges,
     output_summary,
+    skill_retained,
     units_summary,
 )
 from rejuv_cli.diagnostics.sharpness import SEED, sharpness
@@ -68,6 +69,7 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
         if units is not None:
             cand = units["candidate"] = units_summary(records["candidate"], sites)
             cand["dormant_increase"] = cand["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
+    _skill(output, nulls)
     report["output"], report["units"] = output, units
     if units is None:
         nulls["units"] = ("not measured: no unit map for this architecture (see warnings)"
@@ -93,6 +95,19 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
                                     sigma_rel=job.sharpness_sigma, vocab_limit=vocab,
                                     on_batch=lambda: step(1))  # fmt: skip
         report["sharpness"] = sharpness_section(sharp, job, nulls)
+
+
+def _skill(output: dict, nulls: dict) -> None:
+    """Skill retained by BASE (0), SFT (1) and the candidate, from their response NLLs; a null
+    records why under its gate path."""
+    base, sft = output["base"]["nll_mean"], output["nll_mean"]
+    blocks = {"output.base": output["base"], "output": output}
+    if "candidate" in output:
+        blocks["output.candidate"] = output["candidate"]
+    for path, block in blocks.items():
+        block["skill_retained"], why = skill_retained(base, sft, block["nll_mean"])
+        if why is not None:
+            nulls[f"{path}.skill_retained"] = why
 
 
 def sharpness_section(sharp: dict, job, nulls: dict) -> dict:

@@ -108,6 +108,30 @@ def output_summary(rec: ModelRecord, base: ModelRecord | None, edges: np.ndarray
     return out
 
 
+# Below this SFT-over-BASE NLL gain (nats/token) the skill ratio is noise over noise: its
+# denominator is about the size of bf16 forward-pass jitter, so we report null instead.
+MIN_NLL_GAIN = 0.01
+
+
+def skill_retained(
+    nll_base: float | None, nll_sft: float | None, nll_model: float | None
+) -> tuple[float | None, str | None]:
+    """Share of SFT's NLL gain over BASE a model keeps: (NLL_base − NLL_m) / (NLL_base −
+    NLL_sft); 1 = all of it (SFT itself), 0 = back to BASE, < 0 = worse than BASE.
+
+    Returns (value, None), or (None, why) when SFT did not improve on BASE by MIN_NLL_GAIN."""
+    if nll_base is None or nll_sft is None or nll_model is None:
+        return None, "not measured: an NLL is missing"
+    gain = nll_base - nll_sft
+    if not gain > MIN_NLL_GAIN:
+        return None, (
+            f"SFT's NLL ({nll_sft:.4g}) is not below BASE's ({nll_base:.4g}) by more than "
+            f"{MIN_NLL_GAIN:g} nats/token, so there is no SFT skill on this calibration data to "
+            "retain; compare output.nll_mean values instead, or use data SFT was trained for"
+        )
+    return (nll_base - nll_model) / gain, None
+
+
 def entropy_edges(records: dict[str, ModelRecord]) -> np.ndarray:
     """Shared histogram bin edges: 0 to the largest entropy seen, HIST_BINS bins."""
     top = max((float(r.array("entropy").max(initial=0.0)) for r in records.values()), default=0.0)

@@ -42,6 +42,7 @@ class DiagnoseJob:
     batch_tokens: int | None = None
     sharpness_draws: int = SETTINGS["sharpness_draws"].default
     sharpness_sigma: float = SETTINGS["sharpness_sigma"].default
+    min_skill: float = SETTINGS["min_skill"].default  # the low_skill rule's threshold
     max_memory: int | None = None  # bytes of model weights on the device, shared by the models
     outputs: tuple = ()  # report files (preflight.Output), checked against the resolved inputs
 
@@ -114,7 +115,7 @@ def measurement_flags(job: DiagnoseJob) -> list[str]:
     default = DiagnoseJob(job.base, job.sft)
     flags: list[str] = []
     for attr in ("calib", "samples", "max_tokens", "device", "batch_tokens", "sharpness_draws",
-                 "sharpness_sigma"):  # fmt: skip
+                 "sharpness_sigma", "min_skill"):  # fmt: skip
         value = getattr(job, attr)
         if value != getattr(default, attr) and not (job.weights_only and attr != "device"):
             flags += [SETTINGS[attr].flag, str(value)]
@@ -165,7 +166,8 @@ def _measured(report: dict, job: DiagnoseJob) -> str:
 
 
 def verdict_block(report: dict, job: DiagnoseJob) -> dict:
-    label, reasons = V.judge(V.rule_metrics(report))
+    thresholds = {"low_skill": job.min_skill}
+    label, reasons = V.judge(V.rule_metrics(report), thresholds=thresholds)
     fuse_flags = ["--device", job.device] if job.device != "auto" else []
     block = {
         "label": label,
@@ -179,7 +181,7 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
     }
     if job.candidate:
         paths = {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS
-        c_label, c_reasons = V.judge(V.rule_metrics(report, paths), paths)
+        c_label, c_reasons = V.judge(V.rule_metrics(report, paths), paths, thresholds)
         block["candidate"] = {"label": c_label, "reasons": c_reasons}
     return block
 
@@ -193,6 +195,7 @@ COMPARED = (
     ("output.p_max_mean", "output.candidate.p_max_mean", "lower"),
     ("output.kl_mean", "output.candidate.kl_mean", "lower"),
     ("output.nll_mean", "output.candidate.nll_mean", "lower"),
+    ("output.skill_retained", "output.candidate.skill_retained", "higher"),
     ("weights.overall.rel_drift", "weights.candidate.overall.rel_drift", "lower"),
     ("weights.drift_max", "weights.candidate.drift_max", "lower"),
     ("weights.spikiness", "weights.candidate.spikiness", "lower"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from rejuv_cli.report.paths import lookup
+from rejuv_cli.settings import SETTINGS
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,37 @@ RULES = (
          "the calibration loss is more than twice as sensitive to random weight noise as BASE's"),
     Rule("dormant_growth", "watch", "units.dormant_increase", ">", 0.05,
          "over 5% more units became dormant (ReDo score <= 0.025) than in BASE"),
+    # SFT's own value is 1 by definition, so this rule only ever fires for a candidate; the
+    # threshold is the min_skill setting (--min-skill), passed to judge() as `thresholds`.
+    Rule("low_skill", "watch", "output.skill_retained", "<", SETTINGS["min_skill"].default,
+         "the model kept less of SFT's NLL gain over BASE on the calibration responses than "
+         "--min-skill asks, whatever its entropy"),
 )  # fmt: skip
 WATCH_FOR_RIGID = 3  # this many warning signs together also make a checkpoint rigid
 _OPS = {"<": operator.lt, ">": operator.gt}
 
 
-def judge(metrics: dict[str, float | None],
-          paths: dict[str, str] | None = None) -> tuple[str, list[dict]]:  # fmt: skip
+def judge(metrics: dict[str, float | None], paths: dict[str, str] | None = None,
+          thresholds: dict[str, float] | None = None) -> tuple[str, list[dict]]:  # fmt: skip
     """Apply RULES to metric values by path (absent or None: not measured, rule skipped).
 
     Returns (label, reasons): rigid if a rigid rule fired or WATCH_FOR_RIGID watch rules did,
     watch if any fired, else ok. `paths` maps a rule's metric to where the judged model's value
     sits in the report (the candidate's: `output.candidate.entropy_mean`); a reason names that.
+    `thresholds` overrides a rule's threshold by rule id (a setting's value, e.g. --min-skill).
     """
-    paths = paths or {}
+    paths, thresholds = paths or {}, thresholds or {}
     reasons = []
     for r in RULES:
         value = metrics.get(r.metric)
-        if value is None or not _OPS[r.op](value, r.threshold):
+        threshold = thresholds.get(r.id, r.threshold)
+        if value is None or not _OPS[r.op](value, threshold):
             continue
         metric = paths.get(r.metric, r.metric)
         reasons.append({
             "id": r.id, "level": r.level, "metric": metric, "value": value,
-            "threshold": r.threshold, "op": r.op,
-            "message": f"{metric} = {value:.4g} {r.op} {r.threshold:g}: {r.why}",
+            "threshold": threshold, "op": r.op,
+            "message": f"{metric} = {value:.4g} {r.op} {threshold:g}: {r.why}",
         })  # fmt: skip
     watch = sum(1 for x in reasons if x["level"] == "watch")
     if any(x["level"] == "rigid" for x in reasons) or watch >= WATCH_FOR_RIGID:

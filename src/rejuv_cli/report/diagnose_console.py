@@ -68,7 +68,8 @@ RANK_COLS = (("stable rank", "stable_rank"), ("effective rank", "effective_rank"
              ("max rank", "max_rank"))  # fmt: skip
 OUTPUT_COLS = (("entropy (nats)", "entropy_mean"), ("H / H_base", "entropy_ratio"),
                ("mean p_max", "p_max_mean"), ("p_max > 0.99", "confident_share"),
-               ("NLL", "nll_mean"), ("KL to BASE", "kl_mean"), ("tokens", "tokens"))  # fmt: skip
+               ("NLL", "nll_mean"), ("skill retained", "skill_retained"), ("KL to BASE", "kl_mean"),
+               ("tokens", "tokens"))  # fmt: skip
 SHARPNESS_KEYS = (("base", "base"), ("sft", "sft"), ("ratio", "ratio"),
                   ("candidate", "candidate"), ("ratio", "candidate_ratio"))  # fmt: skip
 

@@ -79,6 +79,11 @@ def _output(vs_base: bool) -> dict:
         "p_max_mean": Leaf(N, "mean max-probability"),
         "confident_share": Leaf(N, "share of tokens with p_max > 0.99"),
         "nll_mean": Leaf(N, "NLL of the calibration responses"),
+        "skill_retained": Leaf(
+            N,
+            "skill retained: share of SFT's NLL gain over BASE kept",
+            "SFT's NLL is not below BASE's by more than 0.01 nats/token",
+        ),
         "tokens": Leaf("integer", "response tokens scored"),
         "entropy_hist": {
             "edges": {EACH: Leaf(N, "bin edge")},

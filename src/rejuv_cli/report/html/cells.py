@@ -17,6 +17,7 @@ OUTPUT_KEYS = (
     ("p_max_mean", "p<sub>max</sub>"),
     ("confident_share", "confident share"),
     ("nll_mean", "NLL (nats)"),
+    ("skill_retained", "skill retained"),
     ("kl_mean", "KL to base"),
     ("entropy_ratio", "entropy ÷ base"),
     ("tokens", "tokens"),
