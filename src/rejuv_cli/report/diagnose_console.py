@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from rejuv_cli.report.paths import format_path, lookup
+from rejuv_cli.report.paths import format_path, lookup, model_blocks
 
 LABEL_STYLE = {"rigid": "bold red", "watch": "bold yellow", "ok": "bold green"}
 MAX_LAYERS = 48  # larger models: show the layers with the largest drift only
@@ -153,14 +153,9 @@ def _kind_order(kind: str) -> int:
     return _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
 
 
-def _model_rows(section: str, block: dict):
-    return [("base", (section, "base"), block.get("base")), ("sft", (section,), block),
-            ("candidate", (section, "candidate"), block.get("candidate"))]  # fmt: skip
-
-
 def _output(console, o: dict) -> None:
     title = "output: teacher-forced next-token distributions on response tokens"
-    console.print(_metric_table(title, "model", OUTPUT_COLS, _model_rows("output", o)))
+    console.print(_metric_table(title, "model", OUTPUT_COLS, model_blocks("output", o)))
 
 
 def _unit_cols(u: dict):
@@ -172,7 +167,7 @@ def _units(console, u: dict) -> None:
     cols = _unit_cols(u)
     percent = [key for _, key in cols if key != "units"]
     console.print(_metric_table("unit activity (ReDo score s_j = E|h_j| / layer mean)", "model",
-                                cols, _model_rows("units", u), percent))  # fmt: skip
+                                cols, model_blocks("units", u), percent))  # fmt: skip
     if u.get("not_measured"):
         missing = u["not_measured"]
         console.print(f"unit activity not measured for {len(missing)} module instance(s), "
@@ -230,9 +225,9 @@ def shown_paths(r: dict) -> list[str]:
         add([(m, ("weights", "rank", "modules_mean", m), v)
              for m, v in w["rank"]["modules_mean"].items()], RANK_COLS)  # fmt: skip
     if r["output"] is not None:
-        add(_model_rows("output", r["output"]), OUTPUT_COLS)
+        add(model_blocks("output", r["output"]), OUTPUT_COLS)
     if r["units"] is not None:
-        add(_model_rows("units", r["units"]), _unit_cols(r["units"]))
+        add(model_blocks("units", r["units"]), _unit_cols(r["units"]))
     if r["sharpness"] is not None:
         has_candidate = r["sharpness"].get("candidate") is not None
         out += [f"sharpness.{key}" for _, key in SHARPNESS_KEYS

@@ -223,3 +223,13 @@ def lookup(report: dict, path: Path | str) -> bool | int | float | str | None:
         return resolve(report, parse_path(path) if isinstance(path, str) else path)
     except PathError:
         return None
+
+
+def model_blocks(section: str, block: dict) -> list[tuple[str, Path, dict | None]]:
+    """(model, path, its block) for BASE, SFT and the candidate in a per-model section such as
+    `output` or `units`: SFT's numbers sit at the section's root, the others under their name."""
+    return [
+        ("base", (section, "base"), block.get("base")),
+        ("sft", (section,), block),
+        ("candidate", (section, "candidate"), block.get("candidate")),
+    ]

@@ -18,6 +18,7 @@ from rejuv_cli.report.html.cells import (
     esc,
     fmt,
 )
+from rejuv_cli.report.paths import model_blocks
 
 
 def _header(report: dict) -> str:
@@ -144,11 +145,7 @@ def _output(report: dict) -> str:
             "tokens each.</p>"
         )
     rows = []
-    for name, d, path in (
-        ("base", output.get("base"), ("output", "base")),
-        ("sft", output, ("output",)),
-        ("candidate", output.get("candidate"), ("output", "candidate")),
-    ):
+    for name, path, d in model_blocks("output", output):
         if not d:
             continue
         rows.append(

@@ -13,6 +13,7 @@ from rejuv_cli.report.html.cells import (
     _tau,
     esc,
 )
+from rejuv_cli.report.paths import model_blocks
 
 
 def _units(report: dict) -> str:
@@ -32,11 +33,7 @@ def _units(report: dict) -> str:
     out = ["<h2>Unit activity</h2>"]
     rows = []
     keys = {t: next((k for k in units.get("dormant") or {} if _tau(k) == t), t) for t in taus}
-    for name, d, path in (
-        ("base", units.get("base"), ("units", "base")),
-        ("sft", units, ("units",)),
-        ("candidate", units.get("candidate"), ("units", "candidate")),
-    ):
+    for name, path, d in model_blocks("units", units):
         if not d:
             continue
         rows.append(
