@@ -23,9 +23,19 @@ import pytest
 from conftest import run_cli
 
 from rejuv_cli.errors import RecipeError, RejuvError
-from rejuv_cli.jsonio import dumps, json_safe, strict_loads
+from rejuv_cli.jsonio import dumps, json_safe
 from rejuv_cli.recipe import NUMBERS, Recipe, ResetSettings, bundled_recipes, load_recipe
 from rejuv_cli.testing.synth import make_pair
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN, Infinity and -Infinity, as a strict parser would."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
 
 SECONDS = 10
 MAX_RSS = 500 * 2**20

@@ -47,15 +47,6 @@ def dumps(data, what: str, **kwargs) -> str:
         ) from None
 
 
-def strict_loads(text: str):
-    """json.loads that refuses NaN, Infinity and -Infinity, as a strict parser would."""
-
-    def refuse(constant: str):
-        raise ValueError(f"{constant} is not standard JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 def first_non_finite(value, path: str = "") -> tuple[str | None, float | None]:
     """(dotted path, value) of the first NaN/±inf inside `value`, or (None, None)."""
     if isinstance(value, float) and not math.isfinite(value):
