@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from rejuv_cli import __version__
-from rejuv_cli.commands.common import EXIT_CODES_HELP
+from rejuv_cli.commands.common import EXIT_CODES_HELP, print_error
 from rejuv_cli.commands.diagnose import HELP as DIAGNOSE_HELP
 from rejuv_cli.commands.diagnose import diagnose_command
 from rejuv_cli.commands.fuse import HELP as FUSE_HELP
@@ -43,7 +43,7 @@ class _Group(TyperGroup):
         except RejuvError as e:  # a setting's validator, run by Click while parsing a flag
             if os.environ.get("REJUV_DEBUG"):
                 raise
-            print(f"rejuv: error: {e}", file=sys.stderr)
+            print_error(e)
             sys.exit(e.exit_code)
         except typer.Abort:
             print("rejuv: error: aborted", file=sys.stderr)

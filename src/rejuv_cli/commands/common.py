@@ -50,6 +50,12 @@ EXIT_CODES_HELP = (
 )
 
 
+def print_error(e: RejuvError) -> None:
+    """A rejuv error on stderr, `rejuv: error: ...` (REJUV_DEBUG=1 re-raises before this)."""
+    for line in str(e).splitlines() or [type(e).__name__]:
+        print(f"rejuv: error: {line}", file=sys.stderr)
+
+
 def guarded(fn):
     """Run a command body: RejuvError -> its message on stderr and its exit code; Ctrl-C -> 130."""
 
@@ -60,8 +66,7 @@ def guarded(fn):
         except RejuvError as e:
             if os.environ.get("REJUV_DEBUG"):
                 raise
-            for line in str(e).splitlines() or [type(e).__name__]:
-                print(f"rejuv: error: {line}", file=sys.stderr)
+            print_error(e)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if os.environ.get("REJUV_DEBUG"):
