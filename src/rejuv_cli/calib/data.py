@@ -6,11 +6,17 @@ assistant and tool and plain-string contents. Assistant turns are what the calib
 (teacher-forced predictions); everything else is context. Other keys on a line or a message
 are ignored, so structured fields such as `tool_calls` never reach a chat template that cannot
 render them.
+
+A line may add `"answer"` (a string or a number): the reference that `--generate` checks the
+model's final answer against. Without it, a last assistant turn whose last line is
+`Answer: X` supplies X (builtin:math is written that way); otherwise the example is not
+checkable.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +38,7 @@ class Example:
 
     messages: tuple[dict, ...]  # each {"role": str, "content": str}
     source: str
+    answer: str | None = None  # the reference answer (`reference_answer`), None: not checkable
 
 
 def load_examples(spec: str, limit: int | None = None) -> list[Example]:
@@ -105,9 +112,11 @@ def parse_jsonl(text: str, label: str) -> list[Example]:
             problems.append(f"{where}: not valid JSON: a number has too many digits")
             continue
         messages, found = _messages(obj)
+        answer, bad = _answer(obj)
+        found += [bad] if bad else []
         problems += [f"{where}: {p}" for p in found]
         if not found:
-            examples.append(Example(messages, where))
+            examples.append(Example(messages, where, answer or reference_answer(messages)))
     if problems:
         shown = problems[:MAX_PROBLEMS]
         if len(problems) > MAX_PROBLEMS:
@@ -157,6 +166,31 @@ def _messages(obj) -> tuple[tuple[dict, ...], list[str]]:
     if not any(m["role"] == "assistant" for m in messages):
         problems.append("no assistant message (nothing to score)")
     return tuple(messages), problems
+
+
+# A reference response whose last line is `Answer: X` states its answer (builtin:math's do).
+_ANSWER_LINE = re.compile(r"^\s*Answer:\s*(\S.*?)\s*$")
+
+
+def reference_answer(messages: tuple[dict, ...]) -> str | None:
+    """The answer a conversation's last assistant turn states on its last line as `Answer: X`
+    (X), or None. Used when an example has no `answer` field."""
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    lines = replies[-1].strip().split("\n") if replies else []
+    match = _ANSWER_LINE.match(lines[-1]) if lines else None
+    return match.group(1) if match else None
+
+
+def _answer(obj) -> tuple[str | None, str | None]:
+    """A line's optional `answer` field as text, or a problem: a string or a number."""
+    if not isinstance(obj, dict) or "answer" not in obj:
+        return None, None
+    value = obj["answer"]
+    if isinstance(value, str) and value.strip():
+        return value.strip(), None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value), None  # the number as the file wrote it (1.5, 12)
+    return None, f"answer: must be a non-empty string or a number (got {_kind(value)})"
 
 
 def _text(obj: dict, key: str, name: str) -> str | None:
