@@ -38,6 +38,18 @@ class ExecStats:
     digests: dict[str, dict[str, str]] = field(default_factory=lambda: {"base": {}, "sft": {}})
 
 
+@dataclass(frozen=True)
+class ShardTensor:
+    """One output tensor and the shard file it goes to."""
+
+    filename: str
+    plan: TensorPlan
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+
 class Executor:
     """Writes the planned shards of one fuse into `out_dir`, reading any two tensor sources."""
 
@@ -62,17 +74,19 @@ class Executor:
     def run(self, out_dir: Path) -> ExecStats:
         """Write every shard: header first, then each tensor's chunks in header order."""
         t0 = time.perf_counter()
-        stream = PairedStream(self.base, self.sft, self.device, digest=True)
         f, shard = None, None
         try:
-            for chunk in stream.chunks(self._pairs()):
-                if chunk.pair.tag[0] != shard:
+            for target, _start, _stop, out in self.outputs():
+                if target.filename != shard:
                     if f is not None:
                         _close(f)
-                    shard = chunk.pair.tag[0]
+                    shard = target.filename
                     f = open(out_dir / shard, "wb")  # noqa: SIM115 - one shard at a time
                     _write(f, self._headers[shard])
-                self._write_chunk(f, chunk)
+                data = out.contiguous().view(torch.uint8)
+                _write(f, data.numpy())
+                self.stats.bytes_written += data.numel()
+                self.on_bytes(data.numel())
             if f is not None:
                 _close(f)
         finally:
@@ -82,21 +96,33 @@ class Executor:
         for s in self.plan.shards:  # a shard of only empty tensors has no chunks
             if not (out_dir / s.filename).exists():
                 (out_dir / s.filename).write_bytes(self._headers[s.filename])
-        self.stats.digests = stream.digests()
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
+    def outputs(self) -> Iterator[tuple[ShardTensor, int, int, torch.Tensor]]:
+        """Every output chunk in shard and header order: (tensor, start, stop, values), the
+        values being elements [start, stop) of the flattened output tensor in its output dtype
+        on the CPU (a reused buffer: consume it before the next). `run` writes these bytes;
+        `rejuv sweep` copies the same values into a model in memory. Input digests are in
+        `stats.digests` once the iteration is done."""
+        stream = PairedStream(self.base, self.sft, self.device, digest=True)
+        for chunk in stream.chunks(self._pairs()):
+            yield chunk.pair.tag, chunk.start, chunk.stop, self._output_chunk(chunk)
+        self.stats.digests = stream.digests()
+
     def _pairs(self) -> Iterator[TensorPair]:
-        """Output tensors in shard and header order; tag = (shard file, TensorPlan)."""
+        """Output tensors in shard and header order; tag = ShardTensor."""
         by_name = self.plan.by_name()
         for shard in self.plan.shards:
             for entry in shard.ordered():
                 tp = by_name[entry.name]
                 base = tp.base.name if tp.base is not None else None
-                yield TensorPair(tp.sft.shape, tp.name, base, tp.base_rows, (shard.filename, tp))
+                tag = ShardTensor(shard.filename, tp)
+                yield TensorPair(tp.sft.shape, tp.name, base, tp.base_rows, tag)
 
-    def _write_chunk(self, f, c: PairedChunk) -> None:
-        tp = c.pair.tag[1]
+    def _output_chunk(self, c: PairedChunk) -> torch.Tensor:
+        """The output values of one chunk (fused, reset, or SFT's own), checked finite."""
+        tp = c.pair.tag.plan
         out_dtype = torch_dtype(tp.out_dtype)
         if c.base is not None:
             out = self._combine(tp, c, out_dtype)
@@ -109,10 +135,7 @@ class Executor:
                 f"tensor '{tp.name}' would be written with NaN/inf values (from the {origin} "
                 f"weights, elements {c.start}..{c.stop - 1}); check the input checkpoints"
             )
-        data = out.contiguous().view(torch.uint8)
-        _write(f, data.numpy())
-        self.stats.bytes_written += data.numel()
-        self.on_bytes(data.numel())
+        return out
 
     def _combine(self, tp: TensorPlan, c: PairedChunk, out_dtype) -> torch.Tensor:
         """One chunk of the planned action and reset, on the device; returns a CPU tensor."""
