@@ -4,7 +4,8 @@
 model repository, and `download` runs the real `huggingface_hub.snapshot_download` (online, plain
 HTTP, no Xet) against it in a subprocess, so the cache is laid out exactly as users get it:
 `models--org--name/refs/main`, `blobs/<sha256 or git sha1>` and `snapshots/<commit>/<file>` as
-relative links to `../../blobs/<hash>`.
+relative links to `../../blobs/<hash>`. A repo may also be a dataset (`HubRepo.repo_type`), served
+under the Hub's dataset URLs (`datasets--org--name` in the cache).
 
 What the server implements (from huggingface_hub's hf_api.model_info / list_repo_tree and
 file_download.get_hf_file_metadata / _hf_hub_download_to_cache_dir):
@@ -19,6 +20,9 @@ file_download.get_hf_file_metadata / _hf_hub_download_to_cache_dir):
                                            X-Linked-Etag "<sha256>", X-Linked-Size, ETag of the
                                            LFS pointer and X-Repo-Commit.
   GET  {cdn}/lfs/{sha256}                  the LFS object's bytes.
+
+A dataset repo answers the same under /api/datasets/{repo}/... and /datasets/{repo}/resolve/...
+(huggingface_hub's hf_api.dataset_info and file_download.hf_hub_url with repo_type="dataset").
 
 Unknown repos answer 401 with X-Error-Code: RepoNotFound and unknown revisions 404 with
 RevisionNotFound, as the Hub does. No X-Xet-* header is ever sent, so the client downloads over
@@ -39,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-LFS_SUFFIXES = (".safetensors", ".bin")
+LFS_SUFFIXES = (".safetensors", ".bin", ".parquet")
 GITATTRIBUTES = b"".join(
     b"*%s filter=lfs diff=lfs merge=lfs -text\n" % s.encode() for s in LFS_SUFFIXES
 )
@@ -81,6 +85,7 @@ class HubFile:
 class HubRepo:
     repo_id: str
     files: dict[str, HubFile] = field(default_factory=dict)
+    repo_type: str = "model"  # or "dataset"
 
     @property
     def commit(self) -> str:
@@ -88,7 +93,8 @@ class HubRepo:
         return hashlib.sha1(f"{self.repo_id}\n{listing}".encode()).hexdigest()
 
     @classmethod
-    def from_dir(cls, repo_id: str, src: Path, extra: dict[str, bytes] | None = None) -> HubRepo:
+    def from_dir(cls, repo_id: str, src: Path, extra: dict[str, bytes] | None = None,
+                 repo_type: str = "model") -> HubRepo:  # fmt: skip
         """`src`'s files (sub-folders included), plus .gitattributes, a README.md and `extra`."""
         contents = {".gitattributes": GITATTRIBUTES, "README.md": f"# {repo_id}\n".encode()}
         for p in sorted(src.rglob("*")):
@@ -96,7 +102,7 @@ class HubRepo:
                 contents[p.relative_to(src).as_posix()] = p.read_bytes()
         contents |= extra or {}
         files = {p: HubFile(p, d, p.endswith(LFS_SUFFIXES)) for p, d in contents.items()}
-        return cls(repo_id, files)
+        return cls(repo_id, files, repo_type)
 
     def tree(self) -> list[dict]:
         entries, dirs = [], set()
@@ -190,9 +196,9 @@ class FakeHub:
     # ---- the Hub ---------------------------------------------------------------------------
     def _hub_response(self, path: str) -> tuple[int, dict, bytes]:
         parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"] and len(parts) >= 6:
+        if parts[:2] in (["api", "models"], ["api", "datasets"]) and len(parts) >= 6:
             repo_id, kind, rev = "/".join(parts[2:4]), parts[4], parts[5]
-            found = self._find(repo_id, rev)
+            found = self._find(repo_id, rev, parts[1].removesuffix("s"))
             if not isinstance(found, HubRepo):
                 return found
             if kind == "revision" and len(parts) == 6:
@@ -203,9 +209,11 @@ class FakeHub:
                     e for e in found.tree() if not under or e["path"].startswith(under + "/")
                 ]
                 return _json(listing)
-        elif len(parts) >= 5 and parts[2] == "resolve":
+        elif (parts[0] == "datasets" and parts[3:4] == ["resolve"]) or parts[2:3] == ["resolve"]:
+            repo_type = "dataset" if parts[0] == "datasets" else "model"
+            parts = parts[1:] if repo_type == "dataset" else parts  # datasets/org/name/resolve/...
             repo_id, rev, fname = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
-            found = self._find(repo_id, rev)
+            found = self._find(repo_id, rev, repo_type)
             if not isinstance(found, HubRepo):
                 return found
             f = found.files.get(fname)
@@ -223,9 +231,9 @@ class FakeHub:
                                   "Content-Type": "application/octet-stream"}, f.data  # fmt: skip
         return 404, {"Content-Type": "text/plain"}, b"Not Found"
 
-    def _find(self, repo_id: str, rev: str) -> HubRepo | tuple[int, dict, bytes]:
+    def _find(self, repo_id: str, rev: str, repo_type: str) -> HubRepo | tuple[int, dict, bytes]:
         repo = self.repos.get(repo_id)
-        if repo is None:
+        if repo is None or repo.repo_type != repo_type:
             return 401, _error("RepoNotFound", "Repository not found"), b""
         if rev not in ("main", repo.commit):
             return 404, _error("RevisionNotFound", "Invalid rev id: " + rev), b""

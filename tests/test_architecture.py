@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rejuv_cli"
 LAYERS: list[set[str]] = [
     {"cli", "__main__"},
     {"commands"},
-    {"pipeline", "diagnostics", "inspection", "sweep"},  # a command's work, end to end
+    {"sweep"},  # runs the fuse path and the diagnostics for several α
+    {"pipeline", "diagnostics", "inspection"},  # a command's work, end to end
     {"executor"},  # streams paired chunks through ops and the reset into the writer
     {"reset", "plan"},  # what to reset; what happens to each tensor
     {"pairing", "recipe", "settings", "reset.registry"},  # inputs to both: pairs and settings

@@ -118,7 +118,7 @@ def test_overconfident_sft_is_flagged_and_its_base_is_not(llama, overconfident):
     assert report["verdict"]["label"] == "rigid"
     assert "low_entropy" in [x["id"] for x in report["verdict"]["reasons"]]
     assert report["output"]["entropy_mean"] < 0.18 < report["output"]["base"]["entropy_mean"]
-    assert "rejuv fuse" in report["verdict"]["suggested_command"]
+    assert report["verdict"]["suggested_command"].startswith("rejuv sweep ")
     assert f"gate tripped: {gate}" in r.stderr
     assert "gate passed: weights.drift_max>1000" in r.stderr
     assert "1 of 2 --fail-on gate(s) tripped" in r.stderr

@@ -35,7 +35,7 @@ CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-ALL = RunFlags(weights_only=False, candidate=True, rank=True, sharpness=True)
+ALL = RunFlags(weights_only=False, candidate=True, rank=True, sharpness=True, generate=True)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,10 @@ def chat(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
     """Demo BASE vs SFT with SFT itself as the candidate (so the candidate's rules fire too),
-    --rank and a gate: every section of the report is there."""
+    --rank, --generate (small) and a gate: every section of the report is there."""
     root = tmp_path_factory.mktemp("demo")
     r = run_cli("diagnose", BASE, SFT, "--candidate", SFT, "--calib", CALIB, *QUICK, "--rank",
+                "--generate", "--group-size", "2", "--max-new-tokens", "12",
                 "--json", root / "r.json", "--html", root / "r.html",
                 "--fail-on", "weights.drift_max>5")  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -135,26 +136,27 @@ def test_fuse_select_attribution_with_added_chat_tokens(chat, tmp_path):
 # --- 10: the suggested next command keeps the user's flags ------------------------------------
 
 
-def test_printed_next_command_reproduces_the_verdict(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the suggestion writes ./sft-rejuv
+def test_printed_next_command_measures_the_same_way(tmp_path, monkeypatch):
+    """The suggested `rejuv sweep` line carries the run's data flags, runs as printed, and its
+    SFT row equals this report's SFT numbers."""
+    monkeypatch.chdir(tmp_path)  # the suggestion writes ./sft-rejuv and ./sft-sweep.html
     r = run_cli("diagnose", BASE, SFT, "--calib", CALIB, *QUICK, "--json", "first.json")
     assert r.exit_code == 0, r.output
     first = read_json(tmp_path / "first.json")
     assert first["verdict"]["label"] == "watch"
     command = first["verdict"]["suggested_command"]
-    assert f"--calib {CALIB} --samples 32 --sharpness-draws 2" in command
+    assert f"--calib {CALIB} --samples 32" in command and "--sharpness" not in command
     assert f"next: {command}" in " ".join(r.stderr.split())
-    fuse, check = (shlex.split(part) for part in command.split(" && "))
-    assert fuse[:2] == ["rejuv", "fuse"] and check[:2] == ["rejuv", "diagnose"]
-    r = run_cli(*fuse[1:])
-    assert r.exit_code == 0, r.output
-    r = run_cli(*check[1:], "--json", "second.json")
+    sweep = shlex.split(command)
+    assert sweep[:2] == ["rejuv", "sweep"] and sweep[-4:] == ["--out", "sft-rejuv", "--html",
+                                                               "sft-sweep.html"]  # fmt: skip
+    r = run_cli(*sweep[1:], "--alphas", "0.5,0.9", "--json", "second.json")
     assert r.exit_code == 0, r.output
     second = read_json(tmp_path / "second.json")
-    assert second["verdict"]["label"] == first["verdict"]["label"]
-    assert second["verdict"]["reasons"] == first["verdict"]["reasons"]
-    assert second["output"]["entropy_mean"] == first["output"]["entropy_mean"]
-    assert second["verdict"]["candidate"] is not None  # it did check the fused candidate
+    for key in ("entropy_mean", "nll_mean", "kl_mean"):
+        assert second["sft"][key] == pytest.approx(first["output"][key], rel=1e-6), key
+    assert (tmp_path / "sft-sweep.html").is_file()
+    assert (tmp_path / "sft-rejuv").is_dir() == (second["recommendation"]["alpha"] is not None)
 
 
 def test_text_the_tokenizer_cannot_represent_is_flagged():
@@ -365,18 +367,21 @@ def test_every_measurement_flag_is_carried_and_quoted(tmp_path):
 
     job = DiagnoseJob("b", "my sft", calib="data dir/c.jsonl", samples=10, max_tokens=64,
                       device="cpu", batch_tokens=512, sharpness_draws=1, sharpness_sigma=0.05,
-                      max_memory=2_000_000_000, rank=True)  # fmt: skip
-    command = suggested_command("watch", "b", "my sft", measurement_flags(job), ["--device", "cpu"])
+                      max_memory=2_000_000_000, rank=True, min_skill=0.8, generate=True,
+                      group_size=4, max_new_tokens=32)  # fmt: skip
+    assert measurement_flags(job) == [
+        "--calib", "data dir/c.jsonl", "--samples", "10", "--max-tokens", "64", "--device",
+        "cpu", "--batch-tokens", "512", "--sharpness-draws", "1", "--sharpness-sigma", "0.05",
+        "--min-skill", "0.8", "--group-size", "4", "--max-new-tokens", "32", "--max-memory",
+        "2000000000B", "--generate", "--rank"]  # fmt: skip
+    command = suggested_command("watch", "b", "my sft", measurement_flags(job, "sweep"))
     assert command == (
-        "rejuv fuse b 'my sft' --out 'my sft-rejuv' --alpha 0.7 --reset 0 --device cpu && "
-        "rejuv diagnose b 'my sft' --candidate 'my sft-rejuv' --calib 'data dir/c.jsonl' "
-        "--samples 10 --max-tokens 64 --device cpu --batch-tokens 512 --sharpness-draws 1 "
-        "--sharpness-sigma 0.05 --max-memory 2000000000B --rank"
+        "rejuv sweep b 'my sft' --calib 'data dir/c.jsonl' --samples 10 --max-tokens 64 "
+        "--device cpu --batch-tokens 512 --min-skill 0.8 --group-size 4 --max-new-tokens 32 "
+        "--max-memory 2000000000B --generate --out 'my sft-rejuv' --html 'my sft-sweep.html'"
     )
-    # the CLI accepts every flag as printed: it gets as far as looking for the models
-    check = shlex.split(command.split(" && ")[1])
-    missing = str(tmp_path / "nowhere")
-    fails(run_cli("diagnose", missing, missing, *check[4:]), 1)
+    # the CLI accepts every flag as printed: it gets as far as reading the calibration data
+    fails(run_cli(*shlex.split(command)[1:]), 1, "data dir/c.jsonl")
     weights_only = DiagnoseJob("b", "s", samples=10, weights_only=True, device="cpu")
     assert measurement_flags(weights_only) == ["--device", "cpu", "--weights-only"]
     assert measurement_flags(DiagnoseJob("b", "s")) == []

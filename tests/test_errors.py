@@ -211,15 +211,15 @@ def test_interrupt_exits_130_and_leaves_no_output(llama, tmp_path, monkeypatch):
     import rejuv_cli.executor as executor
 
     calls = {"n": 0}
-    original = executor.Executor._write_chunk
+    original = executor.Executor._output_chunk
 
-    def interrupted(self, f, chunk):
+    def interrupted(self, chunk):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, f, chunk)
+        return original(self, chunk)
 
-    monkeypatch.setattr(executor.Executor, "_write_chunk", interrupted)
+    monkeypatch.setattr(executor.Executor, "_output_chunk", interrupted)
     fails(run_cli("fuse", *llama, "--out", tmp_path / "o"), 130, "interrupted")
     assert not (tmp_path / "o").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -232,10 +232,10 @@ def test_interrupt_with_overwrite_keeps_the_old_output(llama, tmp_path, monkeypa
     out.mkdir()
     (out / "old.txt").write_text("previous run")
 
-    def boom(self, f, chunk):
+    def boom(self, chunk):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(executor.Executor, "_write_chunk", boom)
+    monkeypatch.setattr(executor.Executor, "_output_chunk", boom)
     fails(run_cli("fuse", *llama, "--out", out, "--overwrite"), 130)
     assert (out / "old.txt").read_text() == "previous run"
 

@@ -89,8 +89,8 @@ def test_verdict_levels():
 def test_suggested_command_names_the_models():
     assert suggested_command("ok", "b", "s") is None
     rigid = suggested_command("rigid", "org/base", "./runs/my sft/")
-    assert rigid.startswith(
-        "rejuv fuse org/base './runs/my sft/' --out 'my sft-rejuv' --recipe paper"
+    assert rigid == ("rejuv sweep org/base './runs/my sft/' --out 'my sft-rejuv' "
+                     "--html 'my sft-sweep.html'")  # fmt: skip
+    assert suggested_command("watch", "b", "org/s@v1", ["--generate"]) == (
+        "rejuv sweep b org/s@v1 --generate --out s-rejuv --html s-sweep.html"
     )
-    assert "--candidate 'my sft-rejuv'" in rigid
-    assert "--alpha 0.7" in suggested_command("watch", "b", "org/s@v1")

@@ -66,7 +66,7 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         "    - {match: '*.mlp.*'}\n    - 7\noutput:\n  shard_size: huge\ncolour: red\n"
         "reset:\n  fraction: 1.5\n  mode: wild\n  select: magic\n  modules: [q, gate, ffn]\n"
         "  max_per_module: 0\n  seed: -1\n  omega: yes\n  frac: 0.1\n  samples: 0\n"
-        "  calib: ''\n"
+        "  calib: ''\n  prompt_field: 3\n"
     )
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
@@ -74,8 +74,9 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
     assert lines == [
         f"{p}: colour: unknown key (allowed: description, fuse, output, reset)",
         f"{p}: fuse.beta: unknown key (allowed: alpha, rules)",
-        f"{p}: reset.frac: unknown key (allowed: calib, fraction, max_per_module, max_tokens, "
-        "mode, modules, noise, omega, protect, samples, seed, select)",
+        f"{p}: reset.frac: unknown key (allowed: answer_field, calib, fraction, "
+        "max_per_module, max_tokens, messages_field, mode, modules, noise, omega, prompt_field, "
+        "protect, response_field, samples, seed, select)",
         f"{p}: fuse.alpha: must be >= 0.0 and <= 1.0 (got -0.1)",
         f"{p}: fuse.rules[0].match: must be a non-empty glob string, e.g. '*.mlp.*'",
         f"{p}: fuse.rules[1].alpha: is required",
@@ -85,7 +86,9 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         f"{p}: reset.omega: must be a number (got True)",
         f"{p}: reset.seed: must be an integer >= 0 (got -1)",
         f"{p}: reset.samples: must be an integer >= 1 (got 0)",
-        f"{p}: reset.calib: must be builtin:NAME or a JSONL path (got '')",
+        f"{p}: reset.calib: must be builtin:NAME, a JSONL or Parquet path, or a Hub dataset id "
+        "(got '')",
+        f"{p}: reset.prompt_field: must be a key or column name (got 3)",
         f"{p}: reset.mode: must be one of base, shrink-perturb, reinit (got 'wild')",
         f"{p}: reset.select: must be one of attribution, dormant, drift, saturated (got 'magic')",
         f"{p}: reset.modules: unknown module 'ffn' (choose from q, k, v, o, mlp, gate, up, "

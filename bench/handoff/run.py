@@ -121,7 +121,9 @@ def main() -> None:
     calib = work / "calib.jsonl"
     with calib.open("w") as f:
         for p in problems(SEEDS["calib"], 128, sft_set):
-            f.write(json.dumps({"prompt": p.prompt, "response": p.worked}) + "\n")
+            f.write(
+                json.dumps({"prompt": p.prompt, "response": p.worked, "answer": p.answer}) + "\n"
+            )
     diag = {}
     for name, path in checkpoints.items():
         report = json.loads(rejuv("diagnose", str(work / "base"), str(path), "--calib",

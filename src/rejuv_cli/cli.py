@@ -17,6 +17,8 @@ from rejuv_cli.commands.fuse import HELP as FUSE_HELP
 from rejuv_cli.commands.fuse import fuse_command
 from rejuv_cli.commands.inspect import inspect_command
 from rejuv_cli.commands.recipes import recipes_command, validate_command
+from rejuv_cli.commands.sweep import HELP as SWEEP_HELP
+from rejuv_cli.commands.sweep import sweep_command
 from rejuv_cli.errors import RejuvError
 
 # Click's base error class, reached through the subclass typer exports (recent typer vendors
@@ -77,6 +79,7 @@ app.command("fuse", help=FUSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True
 app.command("diagnose", help=DIAGNOSE_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(
     diagnose_command
 )
+app.command("sweep", help=SWEEP_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=True)(sweep_command)
 app.command("inspect", no_args_is_help=True)(inspect_command)
 app.command("recipes")(recipes_command)
 app.command("validate", no_args_is_help=True)(validate_command)

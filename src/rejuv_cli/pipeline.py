@@ -28,7 +28,7 @@ class FuseJob:
 
     base: str
     sft: str
-    out: Path
+    out: Path | None  # None: plan and score only (rejuv sweep without --out)
     recipe: Recipe
     device: str = "auto"
     overwrite: bool = False
@@ -89,7 +89,7 @@ def fuse_paths(job: FuseJob) -> tuple[dict, list]:
     calib_file = None if calib is None or calib.startswith("builtin:") else calib
     inputs = {"BASE": job.base, "SFT": job.sft, "--mask": job.mask_in,
               "--recipe": job.recipe.source, "--calib": calib_file}  # fmt: skip
-    outputs = [Output("--out", job.out, directory=True)]
+    outputs = [Output("--out", job.out, directory=True)] if job.out is not None else []
     if job.mask_out is not None:
         outputs.append(Output("--save-mask", job.mask_out))
     return inputs, outputs
@@ -139,8 +139,14 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
         inputs |= {f"{k}_commit": m.commit for k, m in
                    (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip
         if settings.select != "drift":
+            from rejuv_cli.calib.data import Fields
+            from rejuv_cli.reset.registry import CALIB_PARAMS
+
             inputs |= {"calib": settings.calib, "samples": str(settings.samples),
                        "max_tokens": str(settings.max_tokens)}  # fmt: skip
+            # the data's field names, where they are not the format's own
+            inputs |= {k: v for k, v in Fields.of(settings).params().items()
+                       if v != CALIB_PARAMS[k]}  # fmt: skip
         mask = select_mask(layout, scores, settings, inputs)
         mask.info = {k: v for k, v in scores.info.items() if k != "warnings"}
         p.plan.warnings.extend(scores.info.get("warnings", []))
@@ -152,6 +158,27 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
         touched = {name: {0} for inst in chosen for name, _, _ in inst.tensors}
         moments = stream_norms(p.base, None, touched, device)
     return mask, moments, time.perf_counter() - t0
+
+
+@dataclass
+class ResetChoice:
+    """The units a fuse resets and the per-tensor slices and values that does (independent of
+    α, so `rejuv sweep` chooses them once for every α)."""
+
+    mask: object  # reset.select.ResetMask
+    resets: dict  # tensor name -> reset.tensors.TensorReset
+    seconds: float
+
+
+def choose_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = None) -> ResetChoice:
+    """`select_reset`, then the tensor slices each chosen unit covers (and the noise values of
+    the modes that draw some)."""
+    from rejuv_cli.reset.tensors import tensor_resets
+
+    mask, norms, seconds = select_reset(p, device, on_bytes)
+    shapes = {n: t.shape for n, t in p.sft.tensors.items()}
+    return ResetChoice(mask, tensor_resets(p.layout, mask, p.job.recipe.reset, shapes, norms),
+                       seconds)  # fmt: skip
 
 
 def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict | None:
@@ -237,10 +264,14 @@ def run_fuse(
     on_bytes: Callable[[int], None] | None = None,
     on_score_bytes: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
+    chosen: ResetChoice | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Write the fused checkpoint atomically at job.out; returns the run summary.
 
-    `say` receives one-line notes (leftovers of killed runs that were cleaned up).
+    `say` receives one-line notes (leftovers of killed runs that were cleaned up). `chosen`:
+    units already selected for this plan (`choose_reset`), so none are scored here. `extra`:
+    sections added to rejuv.json and the model card (rejuv sweep's table).
     """
     from rejuv_cli.checkpoint.card import write_card_and_provenance
     from rejuv_cli.checkpoint.disk import check_free_space
@@ -253,13 +284,10 @@ def run_fuse(
     check_free_space(p.job.out, output_bytes_needed(p))  # before a long scoring pass
     device = pick_device(p.job.device)
     t0 = time.perf_counter()
-    resets, mask, reset_seconds = None, None, None
-    if p.resetting:
-        from rejuv_cli.reset.tensors import tensor_resets
-
-        mask, norms, reset_seconds = select_reset(p, device, on_score_bytes)
-        shapes = {n: t.shape for n, t in p.sft.tensors.items()}
-        resets = tensor_resets(p.layout, mask, p.job.recipe.reset, shapes, norms)
+    if p.resetting and chosen is None:
+        chosen = choose_reset(p, device, on_score_bytes)
+    resets, mask, reset_seconds = (chosen.resets, chosen.mask, chosen.seconds) if chosen else \
+        (None, None, None)  # fmt: skip
     with output_dir(p.job.out, p.job.overwrite, say or note_to_stderr) as tmp:
         executor = Executor(p.plan, p.base, p.sft, device, on_bytes, resets, p.job.recipe.reset)
         stats = executor.run(tmp)
@@ -282,7 +310,7 @@ def run_fuse(
         summary["throughput_mb_s"] = round(stats.bytes_written / 1e6 / max(stats.seconds, 1e-9), 1)
         summary["device"] = str(device)
         summary["side_files"] = side_files
-        write_card_and_provenance(tmp, provenance(p, summary))
+        write_card_and_provenance(tmp, provenance(p, summary) | (extra or {}))
     return summary
 
 

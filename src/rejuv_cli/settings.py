@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # The reset scorers and the calibration parameters of the data scorers, with their defaults.
+from rejuv_cli.ops.answers import CHECKERS
 from rejuv_cli.reset.registry import CALIB_PARAMS, SCORERS
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -109,8 +110,36 @@ def size(value):
 
 def calib_spec(value):
     if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"must be builtin:NAME or a JSONL path (got {show(value)})")
+        raise Invalid(f"must be builtin:NAME, a JSONL or Parquet path, or a Hub dataset id "
+                      f"(got {show(value)})")  # fmt: skip
     return value
+
+
+def field_name(value):
+    """The name of a key or column of the calibration data (any non-blank text)."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"must be a key or column name (got {show(value)})")
+    return value
+
+
+def alpha_list(value) -> tuple[float, ...]:
+    """A comma list of distinct fusion coefficients in [0, 1], in the order given."""
+    if not isinstance(value, list | tuple) or not value:
+        raise Invalid(f"must be a comma list of α values in [0, 1], e.g. 0.3,0.5,0.7 "
+                      f"(got {show(value)})")  # fmt: skip
+    alphas: list[float] = []
+    for item in value:
+        try:
+            alpha = float(item) if isinstance(item, str) else item
+        except ValueError:
+            raise Invalid(f"must be numbers in [0, 1] (got {show(item)})") from None
+        problem = Range(0.0, 1.0).problem(alpha)
+        if problem is not None:
+            raise Invalid(f"each α {problem}")
+        if float(alpha) in alphas:
+            raise Invalid(f"lists {float(alpha):g} twice")
+        alphas.append(float(alpha))
+    return tuple(alphas)
 
 
 def modules(value) -> tuple[str, ...]:
@@ -175,21 +204,23 @@ class Setting:
 
 def _reset(name, flag, check, default, help, **kw) -> Setting:
     kind = (int if check.integer else float) if isinstance(check, Range) else str
+    kw.setdefault("commands", ("fuse", "sweep"))
     return Setting(name, (flag,), kind, default, help, check, f"reset.{name}", panel="Reset", **kw)
 
 
 _ALL: list[Setting] = [
     Setting("recipe", ("--recipe", "-r"), str, None,
-            "Recipe file, or a bundled recipe name (see `rejuv recipes`)."),
+            "Recipe file, or a bundled recipe name (see `rejuv recipes`).",
+            commands=("fuse", "sweep")),
     Setting("alpha", ("--alpha", "-a"), float, 0.5,
             "Fusion coefficient: 0 = base, 1 = SFT [default: recipe's, else 0.5 (paper)].",
             Range(0.0, 1.0), key="fuse.alpha"),
     Setting("dtype", ("--dtype",), str, "auto",
             "Output dtype; auto keeps each SFT tensor's own.", choice(DTYPES, fold_case=True),
-            key="output.dtype"),
+            key="output.dtype", commands=("fuse", "sweep")),
     Setting("shard_size", ("--shard-size",), str, "5GB",
             "Largest output shard file, e.g. 5GB, 500MB.", size, key="output.shard_size",
-            keep_text=True),
+            keep_text=True, commands=("fuse", "sweep")),
     _reset("fraction", "--reset", Range(0.0, MAX_RESET_FRACTION), 0.01,
            "Share of units reset after fusion; 0 = fusion only [default: 0.01 (paper)]."),
     _reset("select", "--select", choice(scorer_names), "drift",
@@ -215,24 +246,27 @@ _ALL: list[Setting] = [
     # Calibration: the data scorers' parameters (reset.registry, CALIB_PARAMS), the same
     # defaults for diagnose, so both read the same tokens (README, "Calibration data").
     _reset("calib", "--calib", calib_spec, CALIB_PARAMS["calib"],
-           "Calibration data: builtin:math, builtin:tool_use or a JSONL file with "
-           '{"prompt", "response"} or {"messages": [...]} per line.',
-           commands=("fuse", "diagnose")),
+           "Calibration data: builtin:math, builtin:tool_use, a JSONL file with "
+           '{"prompt", "response"} or {"messages": [...]} per line, a Parquet file with those '
+           "columns, or a Hub dataset id org/name[@revision] (one data file of it; README).",
+           commands=("fuse", "diagnose", "sweep")),
     _reset("samples", "--samples", Range(1, integer=True), CALIB_PARAMS["samples"],
-           "Calibration examples used (the first N).", commands=("fuse", "diagnose")),
+           "Calibration examples used (the first N).", commands=("fuse", "diagnose", "sweep")),
     _reset("max_tokens", "--max-tokens", Range(8, integer=True), CALIB_PARAMS["max_tokens"],
-           "Longest example, in tokens (longer ones are cut).", commands=("fuse", "diagnose")),
+           "Longest example, in tokens (longer ones are cut).",
+           commands=("fuse", "diagnose", "sweep")),
     Setting("save_mask", ("--save-mask",), Path, None,
             "Write the chosen units to FILE (safetensors); with --dry-run, only that.",
             panel="Reset"),
     Setting("mask", ("--mask",), Path, None,
-            "Reset the units in FILE (from --save-mask); skips scoring.", panel="Reset"),
+            "Reset the units in FILE (from --save-mask); skips scoring.", panel="Reset",
+            commands=("fuse", "sweep")),
     Setting("device", ("--device",), str, "auto", "auto (CUDA when present), cpu, cuda or "
-            "cuda:N.", device, commands=("fuse", "diagnose")),
+            "cuda:N.", device, commands=("fuse", "diagnose", "sweep")),
     Setting("max_memory", ("--max-memory",), str, None,
             "Forward passes: memory for model weights on the device (GPU memory, or RAM on "
             "CPU), e.g. 20GB; weights beyond it are offloaded (to RAM, then disk) and run "
-            "slower [default: what is free].", size, commands=("fuse", "diagnose"),
+            "slower [default: what is free].", size, commands=("fuse", "diagnose", "sweep"),
             metavar="SIZE", keep_text=True),
     Setting("sharpness_draws", ("--sharpness-draws",), int, 3,
             "Random directions for sharpness, each probed as ±u; 0 skips it.",
@@ -241,11 +275,40 @@ _ALL: list[Setting] = [
             "Noise per matrix, relative to its RMS.", Range(1e-6, 1.0), commands=("diagnose",)),
     Setting("min_skill", ("--min-skill",), float, 0.9,
             "Verdict: a candidate keeping less than this share of SFT's skill (NLL gain over "
-            "BASE, output.candidate.skill_retained) is at least watch.", Range(0.0, 1.0),
-            commands=("diagnose",)),
+            "BASE, output.candidate.skill_retained) is at least watch; sweep: the least share an "
+            "α must keep to be recommended.", Range(0.0, 1.0), commands=("diagnose", "sweep")),
+    Setting("min_learnable", ("--min-learnable",), float, 0.25,
+            "Verdict (--generate): SFT with a learnable share (prompts whose samples have mixed "
+            "outcomes) below this is at least watch.", Range(0.0, 1.0), commands=("diagnose",)),
+    Setting("alphas", ("--alphas",), str, "0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
+            "Fusion coefficients to try, a comma list in [0, 1].", alpha_list,
+            commands=("sweep",), keep_text=True, comma_list=True, metavar="A,B,..."),
+    Setting("group_size", ("--group-size",), int, 8,
+            "--generate: samples per prompt (temperature 1), as a GRPO group.",
+            Range(2, integer=True), commands=("diagnose", "sweep")),
+    Setting("max_new_tokens", ("--max-new-tokens",), int, 256,
+            "--generate: longest generated answer, in tokens.", Range(1, integer=True),
+            commands=("diagnose", "sweep")),
+    Setting("checker", ("--checker",), str, "auto",
+            "--generate: how answers are compared: auto (numbers numerically, else normalised "
+            "text), number, text (README, \"Answer checking\").", choice(CHECKERS),
+            commands=("diagnose", "sweep")),
     Setting("batch_tokens", ("--batch-tokens",), int, None,
             "Tokens per forward batch, padding included [default: 4096 CPU, 8192 CUDA].",
-            Range(64, integer=True), commands=("diagnose",)),
+            Range(64, integer=True), commands=("diagnose", "sweep")),
+    # The names the user's calibration data gives the parts of an example (calib/data.Fields).
+    _reset("prompt_field", "--prompt-field", field_name, CALIB_PARAMS["prompt_field"],
+           "--calib data: the key or column holding the prompt (user turn).",
+           commands=("fuse", "diagnose", "sweep"), metavar="NAME"),
+    _reset("response_field", "--response-field", field_name, CALIB_PARAMS["response_field"],
+           "--calib data: the key or column holding the response (assistant turn).",
+           commands=("fuse", "diagnose", "sweep"), metavar="NAME"),
+    _reset("answer_field", "--answer-field", field_name, CALIB_PARAMS["answer_field"],
+           "--calib data: the key or column holding the optional reference answer.",
+           commands=("fuse", "diagnose", "sweep"), metavar="NAME"),
+    _reset("messages_field", "--messages-field", field_name, CALIB_PARAMS["messages_field"],
+           "--calib data: the key or column holding a list of {role, content} messages.",
+           commands=("fuse", "diagnose", "sweep"), metavar="NAME"),
 ]  # fmt: skip
 SETTINGS: dict[str, Setting] = {s.name: s for s in _ALL}
 BY_KEY: dict[str, Setting] = {s.key: s for s in _ALL if s.key}
@@ -271,8 +334,8 @@ def command_line(words: list[str], values: dict[str, Any], command: str = "fuse"
 
 
 def flag_default(s: Setting, command: str):
-    """The flag's own default: None where a recipe may supply the value (fuse's recipe keys,
-    recipe-free flags without one), else the setting's default."""
-    if command == "fuse" and (s.key or s.default is None):
+    """The flag's own default: None where a recipe may supply the value (the recipe keys of
+    fuse and sweep, recipe-free flags without one), else the setting's default."""
+    if command in ("fuse", "sweep") and (s.key or s.default is None):
         return None
     return s.default

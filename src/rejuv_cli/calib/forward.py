@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rejuv_cli.arch.layout import UnitLayout
+from rejuv_cli.calib.data import Fields
 from rejuv_cli.calib.models import load_tokenizer
 from rejuv_cli.ops.activity import ActivityStats
 
@@ -154,15 +155,17 @@ def prepare_calibration(
     tokenizer_dir: Path,
     device: torch.device,
     batch_tokens: int | None = None,
+    fields: Fields | None = None,
 ) -> Calibration:
-    """Load `spec` (builtin:NAME or JSONL), tokenize with the SFT tokenizer and chat template,
-    and batch; the one path `rejuv diagnose` and the data-driven scorers share."""
+    """Load `spec` (builtin:NAME, a JSONL or Parquet file, a Hub dataset; `fields` names its
+    keys or columns), tokenize with the SFT tokenizer and chat template, and batch; the one
+    path `rejuv diagnose` and the data-driven scorers share."""
     from rejuv_cli.calib.data import load_examples
     from rejuv_cli.calib.encode import batches, encode, pad_id_of, unk_share
     from rejuv_cli.errors import CalibError
 
-    examples = load_examples(spec, samples)
-    warnings = []
+    warnings: list[str] = []
+    examples = load_examples(spec, samples, fields, notes=warnings)
     if len(examples) < samples:
         warnings.append(f"{spec} has {len(examples)} examples; {samples} were asked for")
     tokenizer = load_tokenizer(tokenizer_dir, "SFT")

@@ -240,7 +240,12 @@ def config_vocab(path: Path, label: str) -> int:
 def shared_vocab(models: dict) -> tuple[int, str | None]:
     """The vocabulary all `models` share (the smallest lm_head) and, when they differ, a warning
     saying how the comparison handles it (see `response_logits`)."""
-    vocab = {role: m.get_output_embeddings().weight.shape[0] for role, m in models.items()}
+    rows = {role: m.get_output_embeddings().weight.shape[0] for role, m in models.items()}
+    return shared_vocab_of(rows)
+
+
+def shared_vocab_of(vocab: dict[str, int]) -> tuple[int, str | None]:
+    """`shared_vocab` from role -> lm_head rows (config_vocab gives them without loading)."""
     shared = min(vocab.values())
     if len(set(vocab.values())) == 1:
         return shared, None

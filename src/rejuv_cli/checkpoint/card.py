@@ -82,7 +82,7 @@ Command:
 {counts["from_base"]} taken from BASE (α = 0); {counts["sft_only"]} only in SFT;
 {counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
 Full provenance: `rejuv.json`.
-"""
+{_sweep_section(provenance.get("sweep"))}"""
 
 
 def _reset_section(r: dict | None) -> str:
@@ -110,6 +110,41 @@ bias), a column of o, or an MLP neuron (gate row, up row and down column togethe
 | module | units | reset | share |
 |---|---|---|---|
 {rows}"""
+
+
+# (key in a sweep row, column header) of the card's sweep table; generation columns when measured
+SWEEP_COLUMNS = (("entropy_mean", "entropy"), ("kl_mean", "KL to BASE"), ("nll_mean", "NLL"),
+                 ("skill_retained", "skill kept"), ("accuracy", "accuracy"),
+                 ("pass_at_k", "pass@k"), ("learnable_share", "learnable share"))  # fmt: skip
+
+
+def _sweep_section(sweep: dict | None) -> str:
+    """The `rejuv sweep` table this checkpoint was chosen from (--out), or nothing."""
+    if not sweep:
+        return ""
+    rows = [("BASE", sweep["base"]), ("SFT", sweep["sft"])]
+    rows += [(f"α = {r['alpha']:g}", r) for r in sweep["rows"]]
+    cols = [(k, h) for k, h in SWEEP_COLUMNS if any(r.get(k) is not None for _, r in rows)]
+    rec = sweep["recommendation"]
+
+    def cell(v) -> str:
+        return "–" if v is None else f"{v:.4g}"
+
+    lines = ["| model | " + " | ".join(h for _, h in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for label, r in rows:
+        mark = " (this checkpoint)" if r.get("alpha") is not None and r["alpha"] == rec["alpha"] \
+            and label.startswith("α") else ""  # fmt: skip
+        lines.append(f"| {label}{mark} | " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |")
+    table = "\n".join(lines)
+    return f"""
+## How α was chosen
+
+`rejuv sweep` measured each α on the calibration data and recommended this one (a heuristic,
+not yet tested against RL outcomes): {rec["reason"]}
+
+{table}
+"""
 
 
 def _revision(model: dict) -> str:

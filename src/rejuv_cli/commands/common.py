@@ -29,12 +29,32 @@ OutOption = Annotated[
 ]
 
 
-def check_calib(spec: str) -> None:
+def check_calib(settings) -> None:
     """Parse the calibration data now, so malformed data is one line before any model is read
-    (the forward code parses it again later; that costs milliseconds)."""
-    from rejuv_cli.calib.data import load_examples
+    (the forward code parses it again later; that costs milliseconds). `settings` holds calib,
+    samples and the field names (ResetSettings, or a command's values as a dict). A table is
+    read as far as `samples` rows; a Hub dataset is downloaded here."""
+    from rejuv_cli.calib.data import Fields, load_examples
 
-    load_examples(spec)
+    get = settings.get if isinstance(settings, dict) else settings.__getattribute__
+    load_examples(get("calib"), get("samples"), Fields.of(settings))
+
+
+def check_checkable(settings) -> None:
+    """--generate needs examples with a reference answer; refused before any model is read.
+    `settings` as for `check_calib`."""
+    from rejuv_cli.calib.data import Fields, load_examples
+    from rejuv_cli.errors import UsageError
+
+    get = settings.get if isinstance(settings, dict) else settings.__getattribute__
+    calib = get("calib")
+    examples = load_examples(calib, get("samples"), Fields.of(settings))
+    if not any(e.answer is not None for e in examples):
+        raise UsageError(
+            f"--generate: none of the {len(examples)} examples of {calib} has a reference answer "
+            'to check; add an "answer" field to each line (or end each response with a line '
+            "'Answer: X'), or use builtin:math, or drop --generate"
+        )
 
 
 def parse_max_memory(text: str | None) -> int | None:
@@ -158,3 +178,37 @@ def progress_bars(console, show: bool):
             return advance
 
         yield add
+
+
+def check_writable(path: Path | None, flag: str) -> None:
+    """Fail before a long run, not after it, when a report file cannot be written."""
+    from rejuv_cli.errors import UsageError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
+
+
+def report_outputs(json_out: str | None, html_out: Path | None) -> tuple:
+    """The report files (preflight.Output) of --json FILE and --html FILE; None where absent."""
+    from rejuv_cli.checkpoint.preflight import Output
+
+    return (None if json_out in (None, "-") else Output("--json", Path(json_out)),
+            None if html_out is None else Output("--html", html_out))  # fmt: skip
+
+
+def write_report(report: dict, json_out: str | None, html_out: Path | None, render_html) -> None:
+    """--json FILE|- and --html FILE of a JSON-safe report; `render_html(report) -> str`."""
+    from rejuv_cli.checkpoint.output import write_file
+    from rejuv_cli.jsonio import dumps
+
+    text = dumps(report, "--json", default=str) + "\n"
+    if json_out == "-":
+        write_stdout(text)
+    elif json_out is not None:
+        write_file(Path(json_out), text, "--json")
+    if html_out is not None:
+        write_file(html_out, render_html(report), "--html")

@@ -11,15 +11,18 @@ import typer
 from rejuv_cli.commands.common import (
     QuietFlag,
     check_calib,
+    check_checkable,
+    check_writable,
     guarded,
     parse_max_memory,
     progress_bars,
+    report_outputs,
     stderr_console,
-    write_stdout,
+    write_report,
 )
 from rejuv_cli.commands.options import with_settings
 from rejuv_cli.errors import UsageError
-from rejuv_cli.jsonio import dumps, json_safe
+from rejuv_cli.jsonio import json_safe
 
 HELP = """Measure how rigid an SFT checkpoint is before RL, and what a fuse changed.
 
@@ -50,7 +53,9 @@ def _opt(*names: str, **kw):
 
 
 DIAGNOSE_SETTINGS = ("calib", "samples", "max_tokens", "device", "max_memory", "sharpness_draws",
-                     "sharpness_sigma", "batch_tokens", "min_skill")  # fmt: skip
+                     "sharpness_sigma", "batch_tokens", "min_skill", "prompt_field",
+                     "response_field", "answer_field", "messages_field", "min_learnable",
+                     "group_size", "max_new_tokens", "checker")  # fmt: skip
 
 
 @with_settings("diagnose", DIAGNOSE_SETTINGS, after="candidate")
@@ -64,6 +69,13 @@ def diagnose_command(
         help="A rejuvenated checkpoint (e.g. rejuv fuse's output) to compare with SFT.")] = None,
     weights_only: Annotated[bool, _opt(
         "--weights-only", help="Weight space only: no forward passes, memory bounded like fuse."
+    )] = False,
+    generate: Annotated[bool, _opt(
+        "--generate", help="Also generate answers to the calibration prompts that state one "
+        "(builtin:math, or an \"answer\" field): greedy accuracy, and from --group-size samples "
+        "at temperature 1, pass@1, pass@k and the learnable share. Costs (1 + group size) "
+        "generated answers of up to --max-new-tokens tokens per checkable example and model "
+        "(defaults: 9 × 128 per model), usually far more than the forward passes."
     )] = False,
     rank: Annotated[bool, _opt(
         "--rank", help="Also stable and effective rank of Δ per layer matrix (SVD; slow)."
@@ -90,16 +102,20 @@ def diagnose_command(
     memory = parse_max_memory(max_memory)
     if memory is not None and weights_only:
         raise UsageError("--max-memory: --weights-only runs no forward passes (it streams)")
-    _check_gates(gates, weights_only, candidate, rank, sharpness_draws)
-    _check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
-    _check_writable(html_out, "--html")
+    _check_gates(gates, weights_only, candidate, rank, sharpness_draws, generate)
+    check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
+    check_writable(html_out, "--html")
+    if generate and weights_only:
+        raise UsageError("--generate: --weights-only runs no model; drop one of them")
     if not weights_only:
-        check_calib(calib)
-    outputs = _outputs(json_out, html_out)
+        check_calib(values)
+    if generate:
+        check_checkable(values)
+    outputs = report_outputs(json_out, html_out)
     _check_outputs(base, sft, candidate, calib, outputs)
     to_stdout = json_out == "-"
     console = stderr_console(quiet)
-    job = DiagnoseJob(base, sft, candidate, weights_only=weights_only, rank=rank,
+    job = DiagnoseJob(base, sft, candidate, weights_only=weights_only, rank=rank, generate=generate,
                       max_memory=memory, outputs=outputs,
                       **{k: values[k] for k in DIAGNOSE_SETTINGS if k != "max_memory"})  # fmt: skip
     show = not (quiet or to_stdout) and sys.stderr.isatty()
@@ -110,11 +126,11 @@ def diagnose_command(
     try:
         results = evaluate(gates, report) if gates else []
     except UsageError:
-        _write(report, json_out, html_out)  # the measurements are still worth keeping
+        write_report(report, json_out, html_out, _html)  # the measurements are still worth keeping
         raise
     report["gates"] = [{"gate": r.gate.text, "actual": r.actual, "tripped": r.tripped}
                        for r in results]  # fmt: skip
-    _write(report, json_out, html_out)
+    write_report(report, json_out, html_out, _html)
     if not to_stdout:
         from rejuv_cli.report.console import render_warnings
         from rejuv_cli.report.diagnose_console import render_diagnose
@@ -134,32 +150,15 @@ diagnose_command = guarded(diagnose_command)
 
 
 def _check_gates(gates, weights_only: bool, candidate: str | None, rank: bool,
-                 sharpness_draws: int) -> None:  # fmt: skip
+                 sharpness_draws: int, generate: bool) -> None:  # fmt: skip
     """Refuse, before any work, gates that this run cannot evaluate: a path that is not in the
     report's structure, a section these flags leave out, a value of the wrong kind."""
     from rejuv_cli.report.schema import RunFlags, check_gate
 
     flags = RunFlags(weights_only=weights_only, candidate=candidate is not None, rank=rank,
-                     sharpness=sharpness_draws > 0)  # fmt: skip
+                     sharpness=sharpness_draws > 0, generate=generate)  # fmt: skip
     for g in gates:
         check_gate(g, flags)
-
-
-def _check_writable(path: Path | None, flag: str) -> None:
-    """Fail before a long run, not after it, when a report file cannot be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise UsageError(f"{flag} {path}: directory {path.parent} does not exist")
-
-
-def _outputs(json_out: str | None, html_out: Path | None) -> tuple:
-    from rejuv_cli.checkpoint.preflight import Output
-
-    return (None if json_out in (None, "-") else Output("--json", Path(json_out)),
-            None if html_out is None else Output("--html", html_out))  # fmt: skip
 
 
 def _check_outputs(base, sft, candidate, calib: str, outputs: tuple) -> None:
@@ -172,16 +171,7 @@ def _check_outputs(base, sft, candidate, calib: str, outputs: tuple) -> None:
                   outputs)  # fmt: skip
 
 
-def _write(report: dict, json_out: str | None, html_out: Path | None) -> None:
-    from rejuv_cli.checkpoint.output import write_file
+def _html(report: dict) -> str:
+    from rejuv_cli.report.html import render_html
 
-    # `report` is already json_safe (the command makes it so before evaluating gates)
-    text = dumps(report, "--json", default=str) + "\n"
-    if json_out == "-":
-        write_stdout(text)
-    elif json_out is not None:
-        write_file(Path(json_out), text, "--json")
-    if html_out is not None:
-        from rejuv_cli.report.html import render_html
-
-        write_file(html_out, render_html(report), "--html")
+    return render_html(report)

@@ -48,8 +48,9 @@ Examples:
 
 
 FUSE_SETTINGS = ("alpha", "recipe", "dtype", "shard_size", "fraction", "select", "calib",
-                 "samples", "max_tokens", "modules", "max_per_module", "protect", "mode",
-                 "omega", "noise", "seed", "save_mask", "mask", "device", "max_memory")  # fmt: skip
+                 "samples", "max_tokens", "prompt_field", "response_field", "answer_field",
+                 "messages_field", "modules", "max_per_module", "protect", "mode", "omega",
+                 "noise", "seed", "save_mask", "mask", "device", "max_memory")  # fmt: skip
 
 
 @with_settings("fuse", FUSE_SETTINGS, after="out")
@@ -87,10 +88,11 @@ def fuse_command(
     loaded = load_recipe(find_recipe(v["recipe"])) if v["recipe"] else Recipe(source=None)
     effective = loaded.with_flags(v)
     mask, save_mask = v["mask"], v["save_mask"]
-    calib_flags = {k: v[k] for k in ("calib", "samples", "max_tokens", "max_memory")}
+    calib_flags = {k: v[k] for k in ("calib", "samples", "max_tokens", "prompt_field",
+                   "response_field", "answer_field", "messages_field", "max_memory")}  # fmt: skip
     _check_calib_flags(calib_flags, effective.reset.select, mask)
     if _scores_from_data(effective.reset, mask):
-        check_calib(effective.reset.calib)
+        check_calib(effective.reset)
     if save_mask is not None and mask is None and effective.reset.fraction == 0:
         raise UsageError("--save-mask: there is nothing to save with --reset 0")
     words = ["rejuv", "fuse", base, sft, "--out", str(out)]

@@ -60,7 +60,7 @@ def option(name: str, command: str):
         kw["metavar"] = f"[{'|'.join(choices)}]"
     if s.metavar:
         kw["metavar"] = s.metavar
-    if s.panel and command == "fuse":
+    if s.panel and command in ("fuse", "sweep"):
         kw["rich_help_panel"] = s.panel
     return typer.Option(*s.flags, help=text, show_default=False, callback=_callback(s), **kw)
 

@@ -6,6 +6,7 @@ BASE, SFT and the candidate with transformers, all on the device at once (see ou
 
 from __future__ import annotations
 
+from rejuv_cli.calib.data import Fields
 from rejuv_cli.calib.forward import activation_sites, prepare_calibration
 from rejuv_cli.calib.models import load_model, offloaded_share, shared_vocab
 from rejuv_cli.calib.vocab import unseen_note
@@ -24,7 +25,7 @@ ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an inpu
 def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
     """Fill report["output"], ["units"], ["sharpness"] and the calibration inputs."""
     calib = prepare_calibration(job.calib, job.samples, job.max_tokens, resolved["sft"].path,
-                                device, job.batch_tokens)  # fmt: skip
+                                device, job.batch_tokens, Fields.of(job))  # fmt: skip
     warnings.extend(calib.warnings)
     batches = calib.batches
     report["inputs"] |= {
@@ -70,6 +71,10 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
             cand = units["candidate"] = units_summary(records["candidate"], sites)
             cand["dormant_increase"] = cand["dormant"]["0.025"] - units["base"]["dormant"]["0.025"]
     _skill(output, nulls)
+    if job.generate:
+        from rejuv_cli.diagnostics.generation import generation_sections
+
+        generation_sections(job, models, resolved["sft"].path, device, output, report, progress)
     report["output"], report["units"] = output, units
     if units is None:
         nulls["units"] = ("not measured: no unit map for this architecture (see warnings)"

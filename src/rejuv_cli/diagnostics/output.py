@@ -60,8 +60,8 @@ def calibration_pass(
                     logits, targets = response_logits(model, batch, device, vocab_limit)
                     if role == "base":
                         base_logits = logits  # [N, V], kept for the others' KL
-                    _token_records(records[role], logits, targets,
-                                   None if role == "base" else base_logits)  # fmt: skip
+                    token_records(records[role], logits, targets,
+                                  None if role == "base" else base_logits)  # fmt: skip
                     del logits
                 if on_batch is not None:
                     on_batch()
@@ -73,7 +73,7 @@ def calibration_pass(
     return records
 
 
-def _token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
+def token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
     """Per-token statistics in blocks of rows (`block_rows`), so float32 temporaries stay
     bounded whatever the batch size and vocabulary."""
     rows = block_rows(logits.shape[-1])
@@ -85,6 +85,59 @@ def _token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
         if base_logits is not None:
             kl = kl_divergence(logp, log_probs(base_logits[i : i + rows]))
             rec.kl.append(kl.double().cpu().numpy())
+
+
+class LogitCache:
+    """BASE's response logits of each batch ([N, V] as `response_logits` returns them), kept in
+    a temporary directory so that later models' KL to BASE needs no BASE forward pass and no
+    RAM: tokens × vocabulary × 4 bytes on disk (float32 on CPU), e.g. 25k response tokens at a
+    32k vocabulary take 3.3 GB. Removed by `close` (and when garbage-collected)."""
+
+    def __init__(self):
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="rejuv-base-logits-")
+
+    def _path(self, index: int):
+        from pathlib import Path
+
+        return Path(self._dir.name) / f"batch-{index:06d}.pt"
+
+    def put(self, index: int, logits: torch.Tensor) -> None:
+        torch.save(logits.detach().cpu(), self._path(index))
+
+    def get(self, index: int, device: torch.device) -> torch.Tensor:
+        return torch.load(self._path(index), map_location=device, weights_only=True)
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def cached_pass(
+    model: torch.nn.Module,
+    batches: list[Batch],
+    device: torch.device,
+    cache: LogitCache,
+    store: bool,
+    on_batch: Callable[[], None] | None = None,
+    vocab_limit: int | None = None,
+) -> ModelRecord:
+    """One model's token statistics, one model at a time: `store=True` is BASE's pass (its
+    logits go to `cache`, no KL); otherwise KL is taken against the cached BASE logits. Gives
+    the same numbers as `calibration_pass` (the same logits, the same arithmetic)."""
+    rec = ModelRecord()
+    with torch.inference_mode():
+        for index, batch in enumerate(batches):
+            logits, targets = response_logits(model, batch, device, vocab_limit)
+            if store:
+                cache.put(index, logits)
+                token_records(rec, logits, targets, None)
+            else:
+                token_records(rec, logits, targets, cache.get(index, logits.device))
+            del logits
+            if on_batch is not None:
+                on_batch()
+    return rec
 
 
 def output_summary(rec: ModelRecord, base: ModelRecord | None, edges: np.ndarray) -> dict:
@@ -130,6 +183,16 @@ def skill_retained(
             "retain; compare output.nll_mean values instead, or use data SFT was trained for"
         )
     return (nll_base - nll_model) / gain, None
+
+
+def accuracy_retained(acc_base: float | None, acc_sft: float | None,
+                      acc_model: float | None) -> float | None:  # fmt: skip
+    """Share of SFT's greedy-accuracy gain over BASE a model keeps: (acc_m − acc_base) /
+    (acc_sft − acc_base); None when an accuracy is missing or SFT is not more accurate than
+    BASE (there is no accuracy gain to keep)."""
+    if acc_base is None or acc_sft is None or acc_model is None or not acc_sft > acc_base:
+        return None
+    return (acc_model - acc_base) / (acc_sft - acc_base)
 
 
 def entropy_edges(records: dict[str, ModelRecord]) -> np.ndarray:

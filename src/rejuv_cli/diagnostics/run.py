@@ -36,6 +36,10 @@ class DiagnoseJob:
     calib: str = SETTINGS["calib"].default
     samples: int = SETTINGS["samples"].default  # the one default of fuse and diagnose
     max_tokens: int = SETTINGS["max_tokens"].default
+    prompt_field: str = SETTINGS["prompt_field"].default  # the calibration data's names
+    response_field: str = SETTINGS["response_field"].default
+    answer_field: str = SETTINGS["answer_field"].default
+    messages_field: str = SETTINGS["messages_field"].default
     weights_only: bool = False
     rank: bool = False
     device: str = SETTINGS["device"].default
@@ -43,6 +47,11 @@ class DiagnoseJob:
     sharpness_draws: int = SETTINGS["sharpness_draws"].default
     sharpness_sigma: float = SETTINGS["sharpness_sigma"].default
     min_skill: float = SETTINGS["min_skill"].default  # the low_skill rule's threshold
+    min_learnable: float = SETTINGS["min_learnable"].default  # the low_learnable rule's
+    generate: bool = False  # accuracy, pass@k and learnable share (calib/generate.py)
+    group_size: int = SETTINGS["group_size"].default
+    max_new_tokens: int = SETTINGS["max_new_tokens"].default
+    checker: str = SETTINGS["checker"].default
     max_memory: int | None = None  # bytes of model weights on the device, shared by the models
     outputs: tuple = ()  # report files (preflight.Output), checked against the resolved inputs
 
@@ -106,23 +115,36 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
 def run_flags(job: DiagnoseJob) -> RunFlags:
     """What the job's settings say will be measured (for the report schema)."""
     return RunFlags(weights_only=job.weights_only, candidate=bool(job.candidate), rank=job.rank,
-                    sharpness=job.sharpness_draws > 0)  # fmt: skip
+                    sharpness=job.sharpness_draws > 0, generate=job.generate)  # fmt: skip
 
 
-def measurement_flags(job: DiagnoseJob) -> list[str]:
-    """The command-line flags that reproduce this job's measurements: every setting that
-    differs from its default, so a suggested `rejuv diagnose` line measures the same way."""
+# The settings that change what diagnose measures, in the order a command line lists them.
+MEASUREMENT_SETTINGS = ("calib", "samples", "max_tokens", "device", "batch_tokens",
+                        "sharpness_draws", "sharpness_sigma", "min_skill", "min_learnable",
+                        "group_size", "max_new_tokens", "checker")  # fmt: skip
+GENERATION_SETTINGS = ("min_learnable", "group_size", "max_new_tokens", "checker")
+
+
+def measurement_flags(job: DiagnoseJob, command: str = "diagnose") -> list[str]:
+    """The flags of `command` (diagnose, or sweep for the suggested next step) that reproduce
+    this job's measurements: every setting that differs from its default, so the next run
+    measures the same way."""
     default = DiagnoseJob(job.base, job.sft)
     flags: list[str] = []
-    for attr in ("calib", "samples", "max_tokens", "device", "batch_tokens", "sharpness_draws",
-                 "sharpness_sigma", "min_skill"):  # fmt: skip
+    for attr in MEASUREMENT_SETTINGS:
         value = getattr(job, attr)
-        if value != getattr(default, attr) and not (job.weights_only and attr != "device"):
-            flags += [SETTINGS[attr].flag, str(value)]
-    if job.max_memory is not None:
+        if command not in SETTINGS[attr].commands or value == getattr(default, attr):
+            continue
+        if (job.weights_only and attr != "device") or (attr in GENERATION_SETTINGS
+                                                        and not job.generate):  # fmt: skip
+            continue
+        flags += [SETTINGS[attr].flag, str(value)]
+    if job.max_memory is not None and not job.weights_only:
         flags += ["--max-memory", f"{job.max_memory}B"]
-    flags += ["--weights-only"] if job.weights_only else []
-    flags += ["--rank"] if job.rank else []
+    flags += ["--generate"] if job.generate and not job.weights_only else []
+    if command == "diagnose":
+        flags += ["--weights-only"] if job.weights_only else []
+        flags += ["--rank"] if job.rank else []
     return flags
 
 
@@ -162,19 +184,19 @@ def _weights(job, ckpts, device, progress, warnings):
 def _measured(report: dict, job: DiagnoseJob) -> str:
     if job.weights_only:
         return "weights only"
-    return "weights, output, units" + (", sharpness" if report["sharpness"] else "")
+    return ("weights, output, units" + (", sharpness" if report["sharpness"] else "")
+            + (", generation" if job.generate else ""))  # fmt: skip
 
 
 def verdict_block(report: dict, job: DiagnoseJob) -> dict:
-    thresholds = {"low_skill": job.min_skill}
+    thresholds = {"low_skill": job.min_skill, "low_learnable": job.min_learnable}
     label, reasons = V.judge(V.rule_metrics(report), thresholds=thresholds)
-    fuse_flags = ["--device", job.device] if job.device != "auto" else []
     block = {
         "label": label,
         "heuristic": True,
         "reasons": reasons,
         "suggested_command": V.suggested_command(
-            label, job.base, job.sft, measurement_flags(job), fuse_flags
+            label, job.base, job.sft, measurement_flags(job, "sweep")
         ),
         "measured": _measured(report, job),
         "candidate": None,
@@ -196,6 +218,9 @@ COMPARED = (
     ("output.kl_mean", "output.candidate.kl_mean", "lower"),
     ("output.nll_mean", "output.candidate.nll_mean", "lower"),
     ("output.skill_retained", "output.candidate.skill_retained", "higher"),
+    ("output.accuracy", "output.candidate.accuracy", "higher"),
+    ("output.pass_at_k", "output.candidate.pass_at_k", "higher"),
+    ("output.learnable_share", "output.candidate.learnable_share", "higher"),
     ("weights.overall.rel_drift", "weights.candidate.overall.rel_drift", "lower"),
     ("weights.drift_max", "weights.candidate.drift_max", "lower"),
     ("weights.spikiness", "weights.candidate.spikiness", "lower"),

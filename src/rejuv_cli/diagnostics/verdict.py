@@ -50,6 +50,12 @@ RULES = (
     Rule("low_skill", "watch", "output.skill_retained", "<", SETTINGS["min_skill"].default,
          "the model kept less of SFT's NLL gain over BASE on the calibration responses than "
          "--min-skill asks, whatever its entropy"),
+    # --generate only; threshold: --min-learnable. All-right and all-wrong groups give GRPO a
+    # zero advantage, so RL would learn from few of these prompts.
+    Rule("low_learnable", "watch", "output.learnable_share", "<",
+         SETTINGS["min_learnable"].default,
+         "few prompts have mixed outcomes over the k samples (the rest are all right or all "
+         "wrong), so few GRPO groups would have a non-zero advantage on this data"),
 )  # fmt: skip
 WATCH_FOR_RIGID = 3  # this many warning signs together also make a checkpoint rigid
 _OPS = {"<": operator.lt, ">": operator.gt}
@@ -91,22 +97,21 @@ def rule_metrics(report: dict, paths: dict[str, str] | None = None) -> dict[str,
     return {r.metric: lookup(report, paths.get(r.metric, r.metric)) for r in RULES}
 
 
-def suggested_command(label: str, base: str, sft: str, diagnose_flags: Sequence[str] = (),
-                      fuse_flags: Sequence[str] = ()) -> str | None:  # fmt: skip
-    """The `rejuv fuse` line to try next, then diagnose its output against the SFT.
+def suggested_command(
+    label: str, base: str, sft: str, sweep_flags: Sequence[str] = ()
+) -> str | None:
+    """The `rejuv sweep` line to run next for a `watch` or `rigid` SFT: it measures the fusion at
+    several α on the same data, recommends one (or no surgery) and writes that candidate.
 
-    `diagnose_flags` are the user's measurement flags (calibration, samples, device, ...):
-    the check must measure the way this run did, or its verdict is not comparable (the demo's
-    char-level tokenizer cannot represent the default builtin:math text, for one).
-    `fuse_flags` go to the fuse line (the device)."""
+    `sweep_flags` are the user's measurement flags that sweep takes (calibration, samples,
+    device, --generate, ...): the sweep must measure the way this run did, or its numbers are
+    not comparable (the demo's char-level tokenizer cannot represent builtin:math text)."""
     if label == "ok":
         return None
-    out = _stem(sft) + "-rejuv"
-    fuse = ["rejuv", "fuse", base, sft, "--out", out]
-    # rigid: the paper's full recipe (α = 0.5, 1% reset); watch: a gentler pull toward BASE.
-    fuse += ["--recipe", "paper"] if label == "rigid" else ["--alpha", "0.7", "--reset", "0"]
-    check = ["rejuv", "diagnose", base, sft, "--candidate", out, *diagnose_flags]
-    return f"{shlex.join([*fuse, *fuse_flags])} && {shlex.join(check)}"
+    stem = _stem(sft)
+    words = ["rejuv", "sweep", base, sft, *sweep_flags, "--out", f"{stem}-rejuv",
+             "--html", f"{stem}-sweep.html"]  # fmt: skip
+    return shlex.join(words)
 
 
 def _stem(spec: str) -> str:

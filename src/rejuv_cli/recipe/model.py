@@ -35,6 +35,11 @@ class ResetSettings:
     calib: str = _default("calib")
     samples: int = _default("samples")
     max_tokens: int = _default("max_tokens")
+    # the keys or columns of the calibration data (calib/data.Fields)
+    prompt_field: str = _default("prompt_field")
+    response_field: str = _default("response_field")
+    answer_field: str = _default("answer_field")
+    messages_field: str = _default("messages_field")
     explicit: bool = False  # asked for by a flag or a recipe (an unmapped model is then an error)
 
     def to_json(self) -> dict:

@@ -23,7 +23,8 @@ _KNOWN = {
 # The order of the messages: fuse, the reset's numbers, its names, output.
 ORDER = ("fuse.alpha", "fuse.rules",
          *[k for k, s in BY_KEY.items() if k.startswith("reset.") and s.range is not None],
-         "reset.calib", "reset.mode", "reset.select", "reset.modules",
+         "reset.calib", "reset.prompt_field", "reset.response_field", "reset.answer_field",
+         "reset.messages_field", "reset.mode", "reset.select", "reset.modules",
          "output.dtype", "output.shard_size")  # fmt: skip
 
 

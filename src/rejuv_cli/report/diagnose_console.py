@@ -70,6 +70,10 @@ OUTPUT_COLS = (("entropy (nats)", "entropy_mean"), ("H / H_base", "entropy_ratio
                ("mean p_max", "p_max_mean"), ("p_max > 0.99", "confident_share"),
                ("NLL", "nll_mean"), ("skill retained", "skill_retained"), ("KL to BASE", "kl_mean"),
                ("tokens", "tokens"))  # fmt: skip
+GENERATION_COLS = (("accuracy", "accuracy"), ("accuracy retained", "accuracy_retained"),
+                   ("pass@1", "pass_at_1"), ("pass@k", "pass_at_k"),
+                   ("learnable", "learnable_share"), ("all wrong", "all_wrong_share"),
+                   ("all right", "all_right_share"), ("no answer", "no_answer"))  # fmt: skip
 SHARPNESS_KEYS = (("base", "base"), ("sft", "sft"), ("ratio", "ratio"),
                   ("candidate", "candidate"), ("ratio", "candidate_ratio"))  # fmt: skip
 
@@ -156,6 +160,9 @@ def _kind_order(kind: str) -> int:
 def _output(console, o: dict) -> None:
     title = "output: teacher-forced next-token distributions on response tokens"
     console.print(_metric_table(title, "model", OUTPUT_COLS, model_blocks("output", o)))
+    if "accuracy" in o:
+        title = "generation (--generate): greedy accuracy; pass@k and learnable share of k samples"
+        console.print(_metric_table(title, "model", GENERATION_COLS, model_blocks("output", o)))
 
 
 def _unit_cols(u: dict):
@@ -226,6 +233,8 @@ def shown_paths(r: dict) -> list[str]:
              for m, v in w["rank"]["modules_mean"].items()], RANK_COLS)  # fmt: skip
     if r["output"] is not None:
         add(model_blocks("output", r["output"]), OUTPUT_COLS)
+        if "accuracy" in r["output"]:
+            add(model_blocks("output", r["output"]), GENERATION_COLS)
     if r["units"] is not None:
         add(model_blocks("units", r["units"]), _unit_cols(r["units"]))
     if r["sharpness"] is not None:

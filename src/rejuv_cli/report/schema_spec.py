@@ -31,7 +31,7 @@ class Leaf:
 class Condition:
     """When the section at a pattern exists; `flag` names the run setting it depends on."""
 
-    flag: str  # "forward", "candidate", "rank", "sharpness" or "never" (see RunFlags.holds)
+    flag: str  # "forward", "candidate", "rank", "sharpness", "generate" or "never" (RunFlags)
     absent: str  # completes "'<path>' …": why it is null or missing without it
 
 
@@ -90,12 +90,31 @@ def _output(vs_base: bool) -> dict:
             "counts": {EACH: Leaf("integer", "tokens in bin")},
         },  # fmt: skip
     }
+    block |= GENERATION
     if vs_base:
         block["kl_mean"] = Leaf(N, "KL to BASE (nats/token)")
         block["entropy_ratio"] = Leaf(
             N, "entropy / BASE entropy", "BASE's mean entropy is 0, so a ratio to it is undefined"
         )
     return block
+
+
+# --generate (diagnostics/generation.py): in each model's output block.
+GENERATION = {
+    "accuracy": Leaf(N, "greedy accuracy on the checkable examples"),
+    "accuracy_retained": Leaf(
+        N,
+        "accuracy retained: share of SFT's accuracy gain over BASE kept",
+        "SFT's greedy accuracy is not above BASE's",
+    ),
+    "pass_at_1": Leaf(N, "pass@1 (mean success over the k samples)"),
+    "pass_at_k": Leaf(N, "pass@k (share of prompts with a correct sample)"),
+    "learnable_share": Leaf(N, "learnable share: prompts whose k samples have mixed outcomes"),
+    "all_wrong_share": Leaf(N, "share of prompts with no correct sample"),
+    "all_right_share": Leaf(N, "share of prompts with every sample correct"),
+    "no_answer": Leaf("integer", "greedy outputs with no answer found"),
+    "truncated": Leaf("integer", "greedy outputs cut at --max-new-tokens"),
+}
 
 
 def _units(vs_base: bool) -> dict:
@@ -155,6 +174,13 @@ SCHEMA: dict = {
         "unk_share": Leaf(N, "share of calibration tokens that are the unknown token",
                           "the SFT tokenizer has no unknown token"),
         "models": {role: _MODEL_INFO for role in ROLES},
+        "generation": {
+            "checkable": Leaf("integer", "examples with a reference answer"),
+            "group_size": Leaf("integer", "samples per prompt (k)"),
+            "max_new_tokens": Leaf("integer", "longest generated answer (tokens)"),
+            "checker": Leaf("string", "answer checker"), "seed": Leaf("integer", "seed"),
+            "temperature": Leaf(N, "sampling temperature"),
+        },
     },  # fmt: skip
     "verdict": {
         "label": Leaf("string", "verdict"),
@@ -197,6 +223,7 @@ SCHEMA: dict = {
 
 _FORWARD = Condition("forward", "is not measured with --weights-only")
 _CAND = Condition("candidate", "needs --candidate")
+_GENERATE = Condition("generate", "needs --generate")
 _INPUTS = ("calib", "samples", "max_tokens", "response_tokens", "batches", "batch_tokens",
            "dtype", "unk_share")  # fmt: skip
 _CANDIDATE = [("inputs", "candidate"), ("inputs", "models", "candidate"),
@@ -212,6 +239,12 @@ CONDITIONS: dict[tuple, Condition | tuple[Condition, ...]] = {
     ("weights", "rank"): Condition("rank", "needs --rank"),
     ("weights", "candidate", "rank"): Condition("rank", "needs --rank"),
     ("gates",): Condition("never", "is written after the gates are evaluated; not gateable"),
+    ("inputs", "generation"): _GENERATE,
+    **{
+        (*block, key): _GENERATE
+        for block in (("output",), ("output", "base"), ("output", "candidate"))
+        for key in GENERATION
+    },
 }
 # Sections that a run may leave out whatever its flags (the builder records why).
 RUNTIME = {
@@ -228,7 +261,9 @@ class RunFlags:
     candidate: bool = False
     rank: bool = False
     sharpness: bool = True  # --sharpness-draws > 0
+    generate: bool = False
 
     def holds(self, flag: str) -> bool:
         return {"forward": not self.weights_only, "candidate": self.candidate,
-                "rank": self.rank, "sharpness": self.sharpness, "never": False}[flag]  # fmt: skip
+                "rank": self.rank, "sharpness": self.sharpness, "never": False,
+                "generate": self.generate and not self.weights_only}[flag]  # fmt: skip

@@ -24,6 +24,7 @@ class CalibRun:
 
     def __init__(self, layout, base, sft, device, on_bytes, settings, max_memory, load=True,
                  batch_tokens=None):  # fmt: skip
+        from rejuv_cli.calib.data import Fields
         from rejuv_cli.calib.forward import prepare_calibration
 
         self.t0 = time.perf_counter()
@@ -31,7 +32,8 @@ class CalibRun:
         self.norms = stream_norms(base, None, layout.tensor_axes(), device, on_bytes)
         self.base_norm_sq = [b_in + b_out for b_in, b_out in gather(layout, self.norms, "base_sq")]
         self.calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
-                                         sft.root, device, batch_tokens)  # fmt: skip
+                                         sft.root, device, batch_tokens,
+                                         Fields.of(settings))  # fmt: skip
         self.device, self.max_memory = device, max_memory
         self.model = self.load(sft.root, "SFT") if load else None
 

@@ -11,13 +11,16 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rejuv_cli.calib.data import Fields
+
 if TYPE_CHECKING:
     from rejuv_cli.reset.scores import UnitScores
 
 # The calibration settings (ResetSettings fields) the data scorers read, with their defaults;
 # rejuv_cli.settings declares these flags and recipe keys with these defaults, for fuse and for
-# diagnose alike (README, "Calibration data": why 128 examples of up to 1024 tokens).
-CALIB_PARAMS = {"calib": "builtin:math", "samples": 128, "max_tokens": 1024}
+# diagnose alike (README, "Calibration data": why 128 examples of up to 1024 tokens). The field
+# names (prompt_field, ...) default to the format's own keys, declared in calib/data.Fields.
+CALIB_PARAMS = {"calib": "builtin:math", "samples": 128, "max_tokens": 1024, **Fields().params()}
 
 
 @dataclass(frozen=True)

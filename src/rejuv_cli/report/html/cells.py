@@ -22,6 +22,16 @@ OUTPUT_KEYS = (
     ("entropy_ratio", "entropy ÷ base"),
     ("tokens", "tokens"),
 )
+GENERATION_KEYS = (
+    ("accuracy", "accuracy"),
+    ("accuracy_retained", "accuracy retained"),
+    ("pass_at_1", "pass@1"),
+    ("pass_at_k", "pass@k"),
+    ("learnable_share", "learnable share"),
+    ("all_wrong_share", "all wrong"),
+    ("all_right_share", "all right"),
+    ("no_answer", "no answer"),
+)
 TOP_TENSORS = 20
 CELL, LAYER, TENSOR = '["LAYER.MODULE"]', '["LAYER"]', '["TENSOR"]'  # placeholders
 DASH = "–"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rejuv_cli.report.html.bars import entropy_histogram_svg
 from rejuv_cli.report.html.cells import (
     DASH,
+    GENERATION_KEYS,
     OUTPUT_KEYS,
     VERDICT_BG,
     VERDICT_COLORS,
@@ -128,6 +129,24 @@ def _comparison(report: dict) -> str:
     return "<h2>Before / after: SFT vs candidate</h2>" + _table(head, rows, "wide comparison")
 
 
+def _generation(output: dict, gen: dict) -> str:
+    """--generate: accuracy and RL-readiness per model, each cell with its gate path."""
+    rows = []
+    for name, path, d in model_blocks("output", output):
+        if d and "accuracy" in d:
+            rows.append([_row_head(name, path)] + [
+                _num(d.get(k), path=(*path, k)) for k, _ in GENERATION_KEYS])  # fmt: skip
+    head = ["model · gate path"] + [_head(h, k) for k, h in GENERATION_KEYS]
+    return (
+        "<h3>Generation (--generate)</h3>"
+        f'<p class="muted small">{fmt(gen.get("checkable"))} checkable examples; greedy '
+        f"accuracy, and pass@1, pass@k and the learnable share (prompts whose samples have "
+        f"mixed outcomes: the groups that give GRPO a non-zero advantage) from "
+        f"k = {fmt(gen.get('group_size'))} samples at temperature 1, answers checked by the "
+        f"{esc(gen.get('checker'))} checker.</p>" + _table(head, rows, "wide output")
+    )
+
+
 def _output(report: dict) -> str:
     out = ["<h2>Output space</h2>"]
     output = report.get("output")
@@ -154,6 +173,8 @@ def _output(report: dict) -> str:
         )
     head = ["model · gate path"] + [_head(h, k) for k, h in OUTPUT_KEYS]
     out.append(_table(head, rows, "wide output"))
+    if "accuracy" in output:
+        out.append(_generation(output, inputs.get("generation") or {}))
     svg = entropy_histogram_svg(output)
     if svg:
         out.append(

@@ -1,0 +1,366 @@
+"""`rejuv sweep` end to end: choose the reset once, then measure BASE, SFT and one candidate per α.
+
+Order of work, one model in memory at a time:
+1. Plan and choose the reset units (the scorers do not depend on α), as `rejuv fuse` does.
+2. BASE: forward passes over the calibration data; its response logits go to a temporary
+   cache (`LogitCache`) so every later model's KL to BASE needs no second BASE model.
+3. SFT: the same passes, KL against the cache. The loaded SFT model then becomes the working
+   model: for each α the fuse executor's output values (the bytes `rejuv fuse --alpha α` would
+   write) are copied into it in place, and the passes repeat.
+   When that is not possible (weights offloaded under --max-memory, or tensor names that
+   transformers converts on load), each α is written to a temporary checkpoint by the same
+   executor and loaded from there instead: slower, the same weights.
+4. The rows, the recommendation (`recommend.py`) and, with --out, the recommended candidate
+   written by the normal fuse path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from rejuv_cli import __version__
+from rejuv_cli.diagnostics.output import accuracy_retained
+from rejuv_cli.pipeline import FuseJob, Prepared, ResetChoice, choose_reset, prepare_fuse
+from rejuv_cli.recipe import Recipe
+from rejuv_cli.settings import SETTINGS
+from rejuv_cli.sweep.recommend import recommend
+
+SCHEMA_VERSION = 1
+Progress = Callable[[str, int, str], Callable[[int], None]]
+
+# The measures of one row, in table order (JSON keys; labels in report/sweep_console.py).
+OUTPUT_KEYS = ("entropy_mean", "entropy_ratio", "kl_mean", "nll_mean", "skill_retained",
+               "p_max_mean", "confident_share")  # fmt: skip
+GENERATION_KEYS = ("accuracy", "accuracy_retained", "pass_at_1", "pass_at_k", "learnable_share",
+                   "all_wrong_share", "all_right_share", "no_answer")  # fmt: skip
+
+
+@dataclass
+class SweepJob:
+    base: str
+    sft: str
+    recipe: Recipe  # as for fuse (flags applied); its α is replaced by each of `alphas`
+    alphas: tuple[float, ...]
+    fuse_values: dict = field(default_factory=dict)  # the fuse settings given, for commands
+    device: str = SETTINGS["device"].default
+    batch_tokens: int | None = None
+    max_memory: int | None = None
+    min_skill: float = SETTINGS["min_skill"].default
+    generate: bool = False
+    group_size: int = SETTINGS["group_size"].default
+    max_new_tokens: int = SETTINGS["max_new_tokens"].default
+    checker: str = SETTINGS["checker"].default
+    mask_in: Path | None = None
+    out: Path | None = None  # write the recommended candidate here
+    overwrite: bool = False
+    command: str = ""
+    outputs: tuple = ()  # report files (preflight.Output), checked against the inputs
+
+    # The calibration data is the recipe's (reset.calib, ...): the data scorers and the
+    # measurements read the same examples.
+    @property
+    def calib(self) -> str:
+        return self.recipe.reset.calib
+
+    @property
+    def samples(self) -> int:
+        return self.recipe.reset.samples
+
+    @property
+    def max_tokens(self) -> int:
+        return self.recipe.reset.max_tokens
+
+
+def _no_progress(label: str, total: int, unit: str):
+    return lambda n: None
+
+
+def fuse_job(job: SweepJob, alpha: float, out: Path | None) -> FuseJob:
+    """The `rejuv fuse` job that writes this sweep's candidate at `alpha` into `out`."""
+    recipe = job.recipe.with_overrides(alpha=alpha)
+    return FuseJob(job.base, job.sft, out, recipe, job.device, job.overwrite, True,
+                   fuse_command(job, alpha, out), mask_in=job.mask_in,
+                   max_memory=job.max_memory)  # fmt: skip
+
+
+def fuse_command(job: SweepJob, alpha: float, out: Path | None) -> str:
+    """The `rejuv fuse` command line that writes the candidate at `alpha`: the sweep's fuse
+    flags with `--alpha`; the calibration flags only where fuse reads them (data scorers)."""
+    from rejuv_cli.reset.registry import DATA_SCORERS
+    from rejuv_cli.settings import command_line
+
+    values = dict(job.fuse_values) | {"alpha": alpha}
+    reads_data = job.mask_in is None and job.recipe.reset.fraction > 0 \
+        and job.recipe.reset.select in DATA_SCORERS  # fmt: skip
+    if not reads_data:
+        values |= {"calib": None, "samples": None, "max_tokens": None}
+    words = ["rejuv", "fuse", job.base, job.sft, "--out", str(out or "OUT")]
+    return command_line(words, values, "fuse")
+
+
+def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
+    """Measure every row, recommend an α, write --out; returns the report dict."""
+    from rejuv_cli.checkpoint.stream import pick_device
+
+    t0 = time.perf_counter()
+    device = pick_device(job.device)
+    warnings: list[str] = []
+    prepared = prepare_fuse(fuse_job(job, job.alphas[0], None))
+    try:
+        from rejuv_cli.checkpoint.preflight import check_outputs
+
+        check_outputs({"BASE": prepared.base_model.path, "SFT": prepared.sft_model.path},
+                      job.outputs)  # fmt: skip
+        warnings.extend(prepared.plan.warnings)
+        chosen = None
+        if prepared.resetting:
+            chosen = choose_reset(prepared, device, progress("scoring", _score_bytes(prepared),
+                                                             "bytes"))  # fmt: skip
+            warnings.extend(w for w in prepared.plan.warnings if w not in warnings)
+        measured = _measure(job, prepared, chosen, device, progress, warnings)
+    finally:
+        prepared.close()
+    rows, base_row, sft_row = measured["rows"], measured["base"], measured["sft"]
+    rec = recommend(rows, sft_row, job.min_skill)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": f"rejuv {__version__}",
+        "command": job.command,
+        "inputs": measured["inputs"],
+        "settings": {
+            "alphas": list(job.alphas),
+            "recipe": job.recipe.to_json(),
+            "recipe_source": job.recipe.source,
+            "min_skill": job.min_skill,
+            "generate": job.generate,
+            "group_size": job.group_size if job.generate else None,
+            "max_new_tokens": job.max_new_tokens if job.generate else None,
+            "checker": job.checker if job.generate else None,
+        },
+        "reset": _reset_json(prepared, chosen),
+        "base": base_row,
+        "sft": sft_row,
+        "rows": rows,
+        "recommendation": rec.to_json(job.min_skill)
+        | {"fuse_command": None if rec.alpha is None else fuse_command(job, rec.alpha, job.out)},
+        "out": None,
+        "warnings": warnings,
+        "weights_in_memory": measured["in_memory"],
+    }
+    if job.out is not None and rec.alpha is not None:
+        report["out"] = _write_recommended(job, rec.alpha, chosen, report, progress)
+    elif job.out is not None:
+        warnings.append(f"--out {job.out}: nothing written, the recommendation is no surgery")
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _score_bytes(p: Prepared) -> int:
+    return sum(p.base.tensors[n].nbytes for n in p.layout.tensor_axes())
+
+
+def _reset_json(p: Prepared, chosen: ResetChoice | None) -> dict | None:
+    from rejuv_cli.pipeline import reset_summary
+
+    return reset_summary(p, chosen.mask if chosen else None, chosen.seconds if chosen else None)
+
+
+def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> dict:
+    """Rows for BASE, SFT and each α (see the module docstring for the order of work)."""
+    from rejuv_cli.calib.data import Fields
+    from rejuv_cli.calib.forward import prepare_calibration
+    from rejuv_cli.calib.models import config_vocab, load_model, offloaded_share, shared_vocab_of
+    from rejuv_cli.diagnostics.output import LogitCache, cached_pass
+
+    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, p.sft_model.path, device,
+                                job.batch_tokens, Fields.of(job.recipe.reset))  # fmt: skip
+    warnings.extend(calib.warnings)
+    vocab, note = shared_vocab_of({"BASE": config_vocab(p.base_model.path, "BASE"),
+                                   "SFT": config_vocab(p.sft_model.path, "SFT")})  # fmt: skip
+    if note:
+        warnings.append(note)
+    batches, n_batches = calib.batches, len(calib.batches)
+    generation = _Generation(job, p, device) if job.generate else None
+    cache = LogitCache()
+    records: dict = {}
+    try:
+        step = progress("BASE", n_batches, "batches")
+        model = load_model(p.base_model.path, "BASE", device, job.max_memory, warnings)
+        records["base"] = cached_pass(model, batches, device, cache, True, partial(step, 1), vocab)
+        gen = {"base": generation.measure(model, "BASE", progress)} if generation else {}
+        del model
+        step = progress("SFT", n_batches, "batches")
+        model = load_model(p.sft_model.path, "SFT", device, job.max_memory, warnings)
+        records["sft"] = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
+        if generation:
+            gen["sft"] = generation.measure(model, "SFT", progress)
+        working = _WorkingModel(job, p, chosen, device, model, warnings)
+        alpha_rows = []
+        for alpha in job.alphas:
+            label = f"α={alpha:g}"
+            t_alpha = time.perf_counter()
+            model = None  # a candidate loaded from disk frees the previous one first
+            model = working.at(alpha, progress(f"{label} weights", p.plan.out_bytes, "bytes"))
+            step = progress(label, n_batches, "batches")
+            rec = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
+            row = {"alpha": alpha} | _output_row(rec, records)
+            if generation:
+                row |= generation.measure(model, label, progress)
+            row["seconds"] = round(time.perf_counter() - t_alpha, 3)
+            alpha_rows.append(row)
+        in_memory = working.in_memory
+        offloaded = offloaded_share(model) > 0
+        working.close()
+        del model
+    finally:
+        cache.close()
+    base_row = {"alpha": None} | _output_row(records["base"], records) | gen.get("base", {})
+    base_row |= {"entropy_ratio": 1.0, "kl_mean": 0.0}  # BASE against itself
+    sft_row = {"alpha": None} | _output_row(records["sft"], records) | gen.get("sft", {})
+    for row in (base_row, sft_row, *alpha_rows):
+        _skill(row, base_row, sft_row)
+    inputs = {
+        "base": job.base,
+        "sft": job.sft,
+        "models": {"base": p.base_model.to_json(), "sft": p.sft_model.to_json()},
+        "calib": job.calib,
+        "samples": calib.samples,
+        "response_tokens": calib.response_tokens,
+        "max_tokens": job.max_tokens,
+        "batches": n_batches,
+        "batch_tokens": calib.batch_tokens,
+        "device": str(device),
+        "dtype": "bfloat16" if device.type == "cuda" else "float32",
+        "max_memory": job.max_memory,
+        "offloaded": offloaded,
+        "checkable": generation.checkable if generation else None,
+    }
+    return {"rows": alpha_rows, "base": base_row, "sft": sft_row, "inputs": inputs,
+            "in_memory": in_memory}  # fmt: skip
+
+
+def _output_row(rec, records: dict) -> dict:
+    """The token statistics of one model (diagnose's `output_summary`, without the histogram)."""
+    from rejuv_cli.diagnostics.output import entropy_edges, output_summary
+
+    base = None if rec is records["base"] else records["base"]
+    summary = output_summary(rec, base, entropy_edges({"m": rec}))
+    return {k: summary.get(k) for k in OUTPUT_KEYS if k != "skill_retained"} | {
+        "tokens": summary["tokens"]}  # fmt: skip
+
+
+def _skill(row: dict, base: dict, sft: dict) -> None:
+    """skill_retained from the NLLs, accuracy_retained from the greedy accuracies."""
+    from rejuv_cli.diagnostics.output import skill_retained
+
+    row["skill_retained"], _ = skill_retained(base["nll_mean"], sft["nll_mean"], row["nll_mean"])
+    if "accuracy" in row:
+        row["accuracy_retained"] = accuracy_retained(base.get("accuracy"), sft.get("accuracy"),
+                                                     row["accuracy"])  # fmt: skip
+
+
+class _WorkingModel:
+    """The model whose weights become each α's candidate: the loaded SFT model, overwritten in
+    place, or (see the module docstring) a fresh load of a temporary checkpoint per α."""
+
+    def __init__(self, job: SweepJob, p: Prepared, chosen, device, sft_model, warnings):
+        from rejuv_cli.calib.models import offloaded_share
+        from rejuv_cli.sweep.weights import parameter_map
+
+        self.job, self.p, self.chosen, self.device, self.warnings = job, p, chosen, device, warnings
+        self.model = sft_model
+        self.params, why = (None, "weights are offloaded (--max-memory)") \
+            if offloaded_share(sft_model) > 0 else parameter_map(sft_model, p.plan)  # fmt: skip
+        self.in_memory = self.params is not None
+        self._tmp = None
+        if not self.in_memory:
+            warnings.append(f"each α is written to a temporary checkpoint and loaded from there "
+                            f"(slower; the same weights): {why}")  # fmt: skip
+
+    def at(self, alpha: float, on_bytes):
+        """The model holding the candidate at `alpha`."""
+        from rejuv_cli.executor import Executor
+        from rejuv_cli.plan import build_plan
+
+        recipe = self.job.recipe.with_overrides(alpha=alpha)
+        if self.in_memory:
+            from rejuv_cli.sweep.weights import load_into
+
+            plan = build_plan(self.p.base, self.p.sft, recipe, alpha_flag=True)
+            resets = self.chosen.resets if self.chosen else None
+            executor = Executor(plan, self.p.base, self.p.sft, self.device, on_bytes, resets,
+                                recipe.reset)  # fmt: skip
+            load_into(self.params, executor)
+            return self.model
+        return self._load_written(alpha, on_bytes)
+
+    def _load_written(self, alpha: float, on_bytes):
+        from rejuv_cli.calib.models import load_model
+        from rejuv_cli.pipeline import run_fuse
+
+        self.model = None  # the previous candidate is freed before the next loads
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="rejuv-sweep-")
+        out = Path(self._tmp.name) / f"alpha-{alpha:g}"
+        prepared = prepare_fuse(fuse_job(self.job, alpha, out))
+        try:
+            run_fuse(prepared, on_bytes=on_bytes, chosen=self.chosen, say=lambda line: None)
+        finally:
+            prepared.close()
+        notes: list[str] = []
+        self.model = load_model(out, f"α={alpha:g}", self.device, self.job.max_memory, notes)
+        return self.model
+
+    def close(self) -> None:
+        self.model = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class _Generation:
+    """--generate: greedy accuracy and sampled RL-readiness of each model on the checkable
+    examples (calib/generate.py)."""
+
+    def __init__(self, job: SweepJob, p: Prepared, device):
+        from rejuv_cli.calib.data import Fields, load_examples
+        from rejuv_cli.calib.models import load_tokenizer
+
+        self.job, self.device = job, device
+        examples = load_examples(job.calib, job.samples, Fields.of(job.recipe.reset))
+        self.examples = [e for e in examples if e.answer is not None]
+        self.checkable = len(self.examples)
+        self.tokenizer = load_tokenizer(p.sft_model.path, "SFT")
+
+    def measure(self, model, label: str, progress) -> dict:
+        from rejuv_cli.calib.generate import generation_cost, generation_metrics
+
+        job = self.job
+        cost = generation_cost(self.checkable, job.group_size, job.max_new_tokens)
+        step = progress(f"{label} generate", cost["sequences"], "sequences")
+        m = generation_metrics(model, self.tokenizer, self.examples, self.device,
+                               group_size=job.group_size, max_new_tokens=job.max_new_tokens,
+                               checker=job.checker, on_step=step)  # fmt: skip
+        return {key: m.get(key) for key in GENERATION_KEYS if key != "accuracy_retained"} | {
+            "truncated": m["truncated"]}  # fmt: skip
+
+
+def _write_recommended(job: SweepJob, alpha: float, chosen, report: dict, progress) -> dict:
+    """--out: the recommended candidate through the normal `rejuv fuse` path (same bytes as
+    `rejuv fuse --alpha <α>` with the same flags), the sweep table in its card and rejuv.json."""
+    from rejuv_cli.pipeline import run_fuse
+
+    prepared = prepare_fuse(fuse_job(job, alpha, job.out))
+    try:
+        table = {k: report[k] for k in ("settings", "base", "sft", "rows", "recommendation")}
+        summary = run_fuse(prepared, on_bytes=progress("writing --out", prepared.plan.out_bytes,
+                                                       "bytes"),
+                           chosen=chosen, extra={"sweep": table})  # fmt: skip
+    finally:
+        prepared.close()
+    return {"path": str(job.out), "alpha": alpha, "command": fuse_command(job, alpha, job.out),
+            "shards": len(summary["shards"]), "bytes": summary["out_bytes"]}  # fmt: skip
