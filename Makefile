@@ -37,13 +37,16 @@ format: $(STAMP)
 
 DEMO := bench/handoff/demo
 
-demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint and diagnose before/after
+demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint, diagnose, sweep α
 	$(BIN)/rejuv fuse $(DEMO)/base $(DEMO)/sft --out .demo/fused --overwrite --alpha 0.5
 	$(BIN)/rejuv diagnose $(DEMO)/base $(DEMO)/sft --candidate .demo/fused \
 		--calib $(DEMO)/calib.jsonl --samples 128
+	$(BIN)/rejuv sweep $(DEMO)/base $(DEMO)/sft --calib $(DEMO)/calib.jsonl --samples 128 \
+		--generate --html .demo/sweep.html
 
-bench: $(STAMP)  ## fuse vs I/O floor vs naive transformers script, ~300M params
+bench: $(STAMP)  ## fuse vs I/O floor vs naive script; sweep vs separate runs (~300M params)
 	$(BIN)/python bench/fuse_bench.py
+	$(BIN)/python bench/sweep_bench.py --samples 32
 
 # GPU checks. No .venv and no install: any $(PYTHON) with torch (CUDA build), transformers,
 # safetensors, accelerate, typer, rich, huggingface_hub, pyyaml, xxhash and pytest runs them

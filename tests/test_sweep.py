@@ -202,6 +202,19 @@ def test_learnable_share_decides_when_measured():
     assert rec.alpha == 0.7 and rec.plasticity_measure == "learnable_share"
 
 
+def test_a_learnable_share_gain_within_sampling_noise_is_no_surgery():
+    """The demo's α = 0.9: 0.734 vs SFT's 0.727 over 128 prompts is one prompt; the standard
+    error of the difference is sqrt((0.734·0.266 + 0.727·0.273) / 128) = 0.0555."""
+    from rejuv_cli.sweep.recommend import share_noise
+
+    assert share_noise(0.734, 0.727, 128) == pytest.approx(0.05546, abs=1e-5)
+    sft = SFT_ROW | {"learnable_share": 0.727}
+    rec = recommend(rows((0.9, 0.99, 0.3, 0.734)), sft, 0.9, prompts=128)
+    assert rec.alpha is None and "sampling noise (0.055" in rec.reason
+    assert recommend(rows((0.9, 0.99, 0.3, 0.734)), sft, 0.9).alpha == 0.9  # noise unknown
+    assert recommend(rows((0.8, 0.95, 0.3, 0.812)), sft, 0.9, prompts=128).alpha == 0.8
+
+
 def test_none_qualifies_means_no_surgery():
     table = rows((0.3, 0.5, 0.6), (0.5, 0.8, 0.5))
     rec = recommend(table, SFT_ROW, 0.9)

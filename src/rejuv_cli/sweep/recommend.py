@@ -10,8 +10,11 @@ Rule (README, "Choosing α"):
    prompts whose k samples have mixed outcomes: GRPO's non-zero-advantage groups) when it was
    measured, else the highest mean entropy of the response tokens. Ties go to the larger α
    (closer to SFT, the smaller change).
-3. That α is recommended only when it is more plastic than SFT itself on the same measure;
-   otherwise, and when no α qualifies, the recommendation is no surgery.
+3. That α is recommended only when it is more plastic than SFT itself on the same measure, and
+   for the learnable share by more than sampling noise: one standard error of the difference
+   of two shares over the n checked prompts, sqrt((p_α(1−p_α) + p_sft(1−p_sft)) / n)
+   (unpaired, so conservative: both are measured on the same prompts). Otherwise, and when no
+   α qualifies, the recommendation is no surgery.
 
 It is a heuristic until the evidence experiment tests it (issue #16): neither threshold nor the
 choice of measure comes from the paper.
@@ -19,6 +22,7 @@ choice of measure comes from the paper.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -43,9 +47,10 @@ class Recommendation:
         }
 
 
-def recommend(rows: list[dict], sft: dict, min_skill: float) -> Recommendation:
+def recommend(rows: list[dict], sft: dict, min_skill: float, prompts: int = 0) -> Recommendation:
     """Apply the rule to the α rows (dicts with "alpha" and the measures named above) and SFT's
-    row. A measure missing from every α row falls back as the module docstring says."""
+    row; `prompts`: how many prompts the learnable shares were measured on (their noise). A
+    measure missing from every α row falls back as the module docstring says."""
     skill = "accuracy_retained" if _measured(rows, "accuracy_retained") else "skill_retained"
     plastic = "learnable_share" if _measured(rows + [sft], "learnable_share") else "entropy_mean"
     if not _measured(rows, skill):
@@ -70,14 +75,26 @@ def recommend(rows: list[dict], sft: dict, min_skill: float) -> Recommendation:
             f"no surgery: {plastic} was not measured for the qualifying α",
         )
     best = max(candidates, key=lambda r: (r[plastic], r["alpha"]))
-    if sft.get(plastic) is not None and not best[plastic] > sft[plastic]:
+    noise = share_noise(best[plastic], sft.get(plastic), prompts) if plastic == \
+        "learnable_share" else 0.0  # fmt: skip
+    if sft.get(plastic) is not None and not best[plastic] - sft[plastic] > noise:
+        beyond = f" by more than sampling noise ({noise:.3f}, one standard error over " \
+                 f"{prompts} prompts)" if noise else ""  # fmt: skip
         return Recommendation(None, skill, plastic, qualifying, (
             f"no surgery: the most plastic qualifying α ({best['alpha']:g}, {plastic} "
-            f"{best[plastic]:.3f}) is not more plastic than SFT ({sft[plastic]:.3f})"))  # fmt: skip
+            f"{best[plastic]:.3f}) is not more plastic than SFT ({sft[plastic]:.3f}){beyond}"))  # fmt: skip
     return Recommendation(best["alpha"], skill, plastic, qualifying, (
         f"α = {best['alpha']:g}: keeps {best[skill]:.3f} of SFT's skill ({skill} >= "
         f"{min_skill:g}) with the highest {plastic} among the {len(ok)} qualifying α "
         f"({best[plastic]:.3f}; SFT {_fmt(sft.get(plastic))})"))  # fmt: skip
+
+
+def share_noise(p: float, q: float | None, n: int) -> float:
+    """One standard error of the difference of two shares p and q, each over n prompts (0 when
+    q or n is unknown)."""
+    if q is None or n <= 0:
+        return 0.0
+    return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
 
 
 def _measured(rows: list[dict], key: str) -> bool:

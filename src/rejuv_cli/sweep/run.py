@@ -126,7 +126,7 @@ def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
     finally:
         prepared.close()
     rows, base_row, sft_row = measured["rows"], measured["base"], measured["sft"]
-    rec = recommend(rows, sft_row, job.min_skill)
+    rec = recommend(rows, sft_row, job.min_skill, measured["inputs"]["checkable"] or 0)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": f"rejuv {__version__}",
