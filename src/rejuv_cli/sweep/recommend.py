@@ -82,7 +82,8 @@ def recommend(rows: list[dict], sft: dict, min_skill: float, prompts: int = 0) -
                  f"{prompts} prompts)" if noise else ""  # fmt: skip
         return Recommendation(None, skill, plastic, qualifying, (
             f"no surgery: the most plastic qualifying α ({best['alpha']:g}, {plastic} "
-            f"{best[plastic]:.3f}) is not more plastic than SFT ({sft[plastic]:.3f}){beyond}"))  # fmt: skip
+            f"{best[plastic]:.3f}) is not more plastic than SFT ({sft[plastic]:.3f})"
+            f"{beyond}"))  # fmt: skip
     return Recommendation(best["alpha"], skill, plastic, qualifying, (
         f"α = {best['alpha']:g}: keeps {best[skill]:.3f} of SFT's skill ({skill} >= "
         f"{min_skill:g}) with the highest {plastic} among the {len(ok)} qualifying α "
