@@ -84,6 +84,9 @@ def agreement(sweep: dict, outputs: dict) -> float:
         cand = outputs[row["alpha"]]["candidate"]
         for key in ("entropy_mean", "kl_mean", "nll_mean", "skill_retained"):
             a, b = row[key], cand[key]
+            if a is None or b is None:  # skill retained is null when SFT gained no NLL
+                worst = worst if a is b else float("inf")
+                continue
             worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
     return worst
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,21 @@ def kill_mlp_unit(src: Path, dst: Path, layer: int = 1, unit: int = 5) -> None:
         return hit
 
     edit_checkpoint(src, dst, kill)
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """mount(*mount args, where) -> where: a real mount, undone at the end; skips the test where
+    this machine does not allow mounting."""
+    done: list[Path] = []
+
+    def mount(*args: str, where: Path) -> Path:
+        r = subprocess.run(["mount", *args, str(where)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount here: {r.stderr.strip()}")
+        done.append(where)
+        return where
+
+    yield mount
+    for where in reversed(done):
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -95,6 +95,28 @@ def test_chat_tokens_added_by_sft_are_diagnosed(chat):
     assert any("vocabulary sizes differ (base 17, sft 19)" in w for w in report["warnings"])
 
 
+def test_sweep_with_chat_tokens_added_by_sft_matches_diagnose(chat, tmp_path):
+    """The sweep's in-memory candidate of an SFT with added tokens measures like diagnose does on
+    the checkpoint fuse writes (shared vocabulary, added-token targets skipped)."""
+    sft, data = chat
+    r = run_cli("sweep", BASE, sft, "--calib", data, "--samples", "32", "--alphas", "0.5",
+                "--json", "-", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    sweep = json.loads(r.stdout)
+    assert sweep["weights_in_memory"]
+    assert any("vocabulary sizes differ (BASE 17, SFT 19)" in w for w in sweep["warnings"])
+    out = tmp_path / "fused"
+    assert run_cli("fuse", BASE, sft, "--out", out, "--alpha", "0.5", "-q").exit_code == 0
+    r = run_cli("diagnose", BASE, sft, "--candidate", out, "--calib", data, "--samples", "32",
+                "--sharpness-draws", "0", "--json", "-")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cand = json.loads(r.stdout)["output"]["candidate"]
+    row = sweep["rows"][0]
+    assert row["tokens"] == cand["tokens"]
+    for key in ("entropy_mean", "kl_mean", "nll_mean", "p_max_mean"):
+        assert row[key] == pytest.approx(cand[key], rel=1e-5), key
+
+
 def test_base_reads_an_added_id_as_its_mean_embedding(chat):
     """The hooked BASE gives the logits of BASE resized with the added rows set to the mean
     embedding (transformers' resize_token_embeddings, mean_resizing)."""

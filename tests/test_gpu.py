@@ -728,3 +728,99 @@ def test_fuse_max_memory_selects_the_same_units_on_device(pairs, kit, tmp_path, 
                  SAMPLES, "--save-mask", mask, *extra)  # fmt: skip
         masks.append(mask.read_bytes())
     record.equal("dormant mask offloaded == resident (bytes)", masks[1] == masks[0], True)
+
+
+# --- rejuv sweep and --generate on the device --------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "bench" / "handoff" / "demo"
+TOL_ACCURACY = 0.1  # greedy answers: bf16 logits may flip near-tied tokens (measured: see figures)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_sweep_weights_in_memory_equal_the_loaded_checkpoint_on_device(
+    pairs, family, kit, tmp_path, record
+):
+    """On the device (bf16 parameters on CUDA) the sweep's in-place candidate holds exactly what
+    loading `rejuv fuse`'s output there gives: the copy casts like from_pretrained does."""
+    from rejuv_cli.calib.models import load_model
+    from rejuv_cli.pipeline import choose_reset, prepare_fuse
+    from rejuv_cli.recipe import Recipe
+    from rejuv_cli.sweep.run import SweepJob, _WorkingModel, fuse_job
+
+    base, sft = pairs[family]
+    out = tmp_path / "fused"
+    fuse(base, sft, out, "cpu", "--alpha", "0.37", "--reset", "0.05")
+    job = SweepJob(str(base), str(sft), Recipe(source=None).with_flags({"fraction": 0.05}),
+                   (0.37,), device=kit.device)  # fmt: skip
+    device = torch.device(kit.device)
+    with kit.side():
+        p = prepare_fuse(fuse_job(job, 0.37, None))
+        try:
+            chosen = choose_reset(p, device)
+            working = _WorkingModel(job, p, chosen, device, load_model(p.sft_model.path, "SFT",
+                                                                       device), [])  # fmt: skip
+            state = {k: v.detach().cpu() for k, v in working.at(0.37, lambda n: None)
+                     .state_dict().items()}  # fmt: skip
+        finally:
+            p.close()
+        loaded = {k: v.detach().cpu() for k, v in load_model(out, "OUT", device).state_dict()
+                  .items()}  # fmt: skip
+    differing = [k for k in loaded if not torch.equal(state[k], loaded[k])]
+    record.equal("tensors differing (in place vs loaded)", len(differing), 0)
+    record.note("parameter dtype on the device", str(next(iter(loaded.values())).dtype))
+    assert not differing, differing[:5]
+
+
+def test_sweep_matches_cpu_and_diagnose_on_device(pairs, kit, tmp_path, record):
+    base, sft = pairs["llama"]
+    args = ("--alphas", "0.5,1", "--samples", SAMPLES, "--calib", CALIB, "--json", "-", "-q")
+
+    def sweep(device):
+        r = run_cli("sweep", base, sft, "--device", device, *args)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    ref = sweep("cpu")
+    with kit.side():
+        got = sweep(kit.device)
+        cand = tmp_path / "fused"
+        fuse(base, sft, cand, "cpu", "--alpha", "0.5")
+        diag = diagnose(base, sft, kit.device, tmp_path / "dev.json", "--candidate", cand,
+                        "--sharpness-draws", "0", "--calib", CALIB)  # fmt: skip
+    assert got["inputs"]["device"] == str(torch.device(kit.device)) and got["weights_in_memory"]
+    for r, g in zip([ref["base"], ref["sft"], *ref["rows"]], [got["base"], got["sft"],
+                    *got["rows"]], strict=True):  # fmt: skip
+        label = "BASE/SFT" if r["alpha"] is None else f"α={r['alpha']:g}"
+        for key in ("entropy_mean", "nll_mean", "p_max_mean"):
+            record.close(f"sweep {label}: {key} device vs cpu", g[key], r[key], RTOL_OUTPUT)
+        record.close(f"sweep {label}: kl_mean device vs cpu", g["kl_mean"], r["kl_mean"],
+                     KL_RTOL, KL_ATOL)  # fmt: skip
+    row = got["rows"][0]
+    for key in ("entropy_mean", "nll_mean", "kl_mean"):
+        record.close(f"sweep α=0.5 vs diagnose --candidate on the device: {key}", row[key],
+                     diag["output"]["candidate"][key], OFFLOAD_RTOL, 1e-7)  # fmt: skip
+
+
+def test_generation_on_device(kit, record):
+    """Greedy accuracy and sampled shares of the trained demo SFT on the device against the CPU,
+    and the same seed giving the same samples twice on the device."""
+    from rejuv_cli.calib.data import load_examples
+    from rejuv_cli.calib.generate import generation_metrics
+    from rejuv_cli.calib.models import load_model, load_tokenizer
+
+    examples = load_examples(str(DEMO / "calib.jsonl"), 64)
+    tok = load_tokenizer(DEMO / "sft", "SFT")
+    run = {"group_size": 4, "max_new_tokens": 16}
+    ref = generation_metrics(load_model(DEMO / "sft", "SFT", CPU), tok, examples, CPU, **run)
+    device = torch.device(kit.device)
+    with kit.side():
+        model = load_model(DEMO / "sft", "SFT", device)
+        got = generation_metrics(model, tok, examples, device, **run)
+        again = generation_metrics(model, tok, examples, device, **run)
+    record.close("greedy accuracy device vs cpu", got["accuracy"], ref["accuracy"], 0,
+                 TOL_ACCURACY)  # fmt: skip
+    record.note("pass@k device / cpu", f"{got['pass_at_k']:.3f} / {ref['pass_at_k']:.3f}")
+    record.note("learnable share device / cpu",
+                f"{got['learnable_share']:.3f} / {ref['learnable_share']:.3f}")  # fmt: skip
+    record.equal("same seed twice on the device: identical metrics", again == got, True)
+    assert got == again

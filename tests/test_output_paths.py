@@ -261,24 +261,6 @@ def test_symlinked_report_paths_are_written_through(llama, tmp_path):
 
 
 # ---- point 9: OS errors on output ----------------------------------------------------------------
-@pytest.fixture
-def mounts(tmp_path):
-    """mount(*mount args, where) -> where: a real mount, undone at the end; skips the test where
-    this machine does not allow mounting."""
-    done: list[Path] = []
-
-    def mount(*args: str, where: Path) -> Path:
-        r = subprocess.run(["mount", *args, str(where)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount here: {r.stderr.strip()}")
-        done.append(where)
-        return where
-
-    yield mount
-    for where in reversed(done):
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def _tmpfs(mounts, where: Path, ro: bool = False) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     return mounts("-t", "tmpfs", "-o", "size=1m" + (",ro" if ro else ""), "tmpfs", where=where)

@@ -147,6 +147,24 @@ def test_max_memory_gives_the_resident_results(demo_sweep):
     assert any("temporary checkpoint" in w for w in offloaded["warnings"])
 
 
+def test_converted_tensor_names_go_through_a_temporary_checkpoint(pairs, tmp_path):
+    """transformers 5 loads Mixtral's per-expert tensors into fused parameters, so they cannot
+    be copied in place; each α is then written and loaded, and measures as diagnose does."""
+    base, sft = pairs["mixtral"]
+    data = ("--samples", "4", "--max-tokens", "64")
+    report = sweep(base, sft, *data, "--alphas", "0.5")
+    assert not report["weights_in_memory"]
+    assert any("has no tensor named" in w for w in report["warnings"])
+    out = tmp_path / "fused"
+    assert run_cli("fuse", base, sft, "--out", out, "--alpha", "0.5", "-q").exit_code == 0
+    r = run_cli("diagnose", base, sft, "--candidate", out, *data, "--sharpness-draws", "0",
+                "--json", "-", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cand = json.loads(r.stdout)["output"]["candidate"]
+    for key in ("entropy_mean", "kl_mean", "nll_mean"):
+        assert close(report["rows"][0][key], cand[key]), key
+
+
 # ---- --out -------------------------------------------------------------------------------------
 def test_out_writes_the_recommended_candidate_as_fuse_does(tmp_path):
     out = tmp_path / "rec"
@@ -259,6 +277,20 @@ def test_generate_without_answers_exits_2(tmp_path):
     data.write_text('{"prompt": "1+1=", "response": "2"}\n')
     fails(run_cli("sweep", "/no/base", "/no/sft", "--calib", data, "--generate"), 2,
           "none of the 1 examples", "has a reference answer")  # fmt: skip
+
+
+def test_a_small_temporary_directory_is_refused_before_any_model(mounts, tmp_path, monkeypatch):
+    """BASE's logits are cached in TMPDIR; a real 512 KiB tmpfs cannot hold them (plus the 1 MiB
+    margin): one line, exit 1, before a model is loaded."""
+    import tempfile
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounts("-t", "tmpfs", "-o", "size=512k", "tmpfs", where=small)
+    monkeypatch.setattr(tempfile, "tempdir", str(small))
+    fails(run_cli("sweep", BASE, SFT, *DATA, "--alphas", "0.5"), 1,
+          "BASE's logit cache in the temporary directory (TMPDIR)", "not enough disk space",
+          one_line=True)  # fmt: skip
 
 
 def test_overwrite_without_out_exits_2():

@@ -35,7 +35,8 @@ states its answers (builtin:math, or an "answer" field): greedy accuracy, and fr
 
 The recommendation (a heuristic; README, "Choosing α"): among the α that keep at least
 --min-skill of SFT's skill (accuracy with --generate, NLL otherwise), the one with the highest
-learnable share (entropy without --generate), if it is more plastic than SFT; else no surgery.
+learnable share (entropy without --generate), if it is more plastic than SFT (for the
+learnable share, by more than its sampling noise); else no surgery.
 
 Cost: one model in memory at a time (BASE, then SFT, which becomes each α's candidate in
 place), plus BASE's response logits in a temporary file (response tokens × vocabulary × 4

@@ -64,7 +64,8 @@ def render_sweep(console, report: dict) -> None:
         k = report["settings"]["group_size"]
         console.print(f"{GENERATION_LEGEND}; {inputs['checkable']} checkable examples, k = {k} "
                       "samples at temperature 1", soft_wrap=True)  # fmt: skip
-    console.print(f"recommendation ◀ (a heuristic): {rec['reason']}", soft_wrap=True)
+    mark = " ◀" if rec["alpha"] is not None else ""
+    console.print(f"recommendation{mark} (a heuristic): {rec['reason']}", soft_wrap=True)
     if rec["fuse_command"]:
         console.print(f"next: {rec['fuse_command']}", soft_wrap=True)
     if report.get("out"):

@@ -185,6 +185,7 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     if note:
         warnings.append(note)
     batches, n_batches = calib.batches, len(calib.batches)
+    _check_cache_space(calib.response_tokens, vocab, device)
     generation = _Generation(job, p, device) if job.generate else None
     cache = LogitCache()
     records: dict = {}
@@ -242,6 +243,16 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     }
     return {"rows": alpha_rows, "base": base_row, "sft": sft_row, "inputs": inputs,
             "in_memory": in_memory}  # fmt: skip
+
+
+def _check_cache_space(tokens: int, vocab: int, device) -> None:
+    """Refuse before any model is loaded when the temporary directory cannot hold BASE's
+    response logits (tokens × vocabulary, 4 bytes on CPU, 2 on CUDA)."""
+    from rejuv_cli.checkpoint.disk import check_free_space
+
+    needed = tokens * vocab * (2 if device.type == "cuda" else 4) + (1 << 20)
+    check_free_space(Path(tempfile.gettempdir()), needed,
+                     "BASE's logit cache in the temporary directory (TMPDIR)")  # fmt: skip
 
 
 def _output_row(rec, records: dict) -> dict:

@@ -74,7 +74,7 @@ def scatter_svg(report: dict, x_key: str, y_key: str, y_label: str, plot_id: str
     x_title = {"accuracy_retained": "accuracy retained", "skill_retained": "skill retained"}.get(
         x_key, x_key)  # fmt: skip
     title = f"{y_label} against {x_title}"
-    left, right, top, bottom = 60, 120, 40, 48  # room for point labels on the right
+    left, right, top, bottom = 60, 120, 48, 48  # room for point labels (right, top)
     pw, ph = width - left - right, height - top - bottom
     out = [_svg_open(plot_id, width, height, title)]
     out.append(f'<text x="{left}" y="18" font-size="13" font-weight="600">{esc(title)}</text>')
