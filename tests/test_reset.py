@@ -129,8 +129,9 @@ L1 = "model.layers.1.mlp."
 
 
 def plant(base_dir, sft_dir) -> None:
-    """SFT drift ×5 on layer-0 k unit 3 and layer-1 MLP unit 7; layer-1 MLP unit 20 gets the
-    largest base norm (×20) and drift ×10: the top scorer, but protected."""
+    """SFT drift ×5 on layer-0 k unit 3 and ×6 on layer-1 MLP unit 7 (joint relative drift 5
+    and 6); layer-1 MLP unit 20 gets the largest base norm (×20) and drift ×10: the top scorer,
+    but protected."""
     full_base = load_dir(base_dir)
 
     def base_edit(state):
@@ -149,7 +150,7 @@ def plant(base_dir, sft_dir) -> None:
             state[name] = b[name].clone()  # start from BASE: all other drift is zero
         if L0K in state:
             state[L0K][3] = b[L0K][3] * 6
-        for unit, factor in ((7, 6), (20, 11)):
+        for unit, factor in ((7, 7), (20, 11)):
             for n in ("gate_proj.weight", "up_proj.weight"):
                 if L1 + n in state:
                     state[L1 + n][unit] = b[L1 + n][unit] * factor
@@ -196,10 +197,15 @@ def test_drift_scores_match_a_direct_computation(llama):
     by_key = dict(zip([i.key for i in layout.instances], scores.scores, strict=True))
     p = "model.layers.1."
     gate, up, down = (p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down"))
-    d_in = np.sqrt(norm(s[gate] - b[gate].float()) ** 2 + norm(s[up] - b[up].float()) ** 2)
-    b_in = np.sqrt(norm(b[gate]) ** 2 + norm(b[up]) ** 2)
-    d_out = norm((s[down].float() - b[down].float()).T)
-    want = d_in / (b_in + 1e-6) + d_out / (norm(b[down].T) + 1e-6)
+    # the joint relative drift of neuron j: rows j of gate and up, column j of down together
+    delta = {n: (s[n].to(torch.float64) - b[n].to(torch.float64)).numpy() for n in (gate, up, down)}
+    base = {n: b[n].to(torch.float64).numpy() for n in (gate, up, down)}
+    want = np.array([
+        np.sqrt((np.concatenate([delta[gate][j], delta[up][j], delta[down][:, j]]) ** 2).sum())
+        / (np.sqrt((np.concatenate([base[gate][j], base[up][j], base[down][:, j]]) ** 2).sum())
+           + 1e-6)
+        for j in range(base[gate].shape[0])
+    ])  # fmt: skip
     np.testing.assert_allclose(by_key["layers.1.mlp"], want, rtol=1e-5)
     o = p + "self_attn.o_proj.weight"
     want_o = norm((s[o].float() - b[o].float()).T) / (norm(b[o].T) + 1e-6)

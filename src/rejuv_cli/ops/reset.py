@@ -24,15 +24,17 @@ def drift_scores(
     base_out_sq: np.ndarray,
     eps: float = DRIFT_EPS,
 ) -> np.ndarray:
-    """s_j = ‖Δ_in,j‖ / (‖θ_b,in,j‖ + ε) + ‖Δ_out,j‖ / (‖θ_b,out,j‖ + ε).
+    """The unit's joint relative drift over all its slices (METHOD.md section 3):
+    s_j = sqrt(‖Δ_in,j‖² + ‖Δ_out,j‖²) / (sqrt(‖θ_b,in,j‖² + ‖θ_b,out,j‖²) + ε).
 
     All inputs: [n_units] float64 squared norms over the unit's incoming slices (rows of
-    q/k/v/gate/up with their biases) and outgoing slices (columns of o/down). A module without
-    outgoing slices passes zeros there (its second term is 0). Returns [n_units] float64.
+    q/k/v/gate/up with their biases) and outgoing slices (columns of o/down); a module without
+    outgoing slices passes zeros there. One ratio over the whole unit, so a unit with both
+    kinds of slice (MLP) and one with a single kind (q, k, v, o) compare on the same scale: the
+    earlier sum of an incoming and an outgoing ratio scored MLP units about twice as high under
+    uniform drift. Returns [n_units] float64.
     """
-    incoming = np.sqrt(delta_in_sq) / (np.sqrt(base_in_sq) + eps)
-    outgoing = np.sqrt(delta_out_sq) / (np.sqrt(base_out_sq) + eps)
-    return incoming + outgoing
+    return np.sqrt(delta_in_sq + delta_out_sq) / (np.sqrt(base_in_sq + base_out_sq) + eps)
 
 
 def protected_units(base_norm_sq: np.ndarray, fraction: float) -> np.ndarray:

@@ -13,7 +13,8 @@ from rejuv_cli.reset.scores import UnitScores
 
 def score_drift(layout: UnitLayout, base: TensorSource, sft: TensorSource, device,
                 on_bytes=None, settings=None, max_memory=None) -> UnitScores:  # fmt: skip
-    """Unit j scores ‖Δ_in,j‖/(‖θ_b,in,j‖+ε) + ‖Δ_out,j‖/(‖θ_b,out,j‖+ε) (METHOD.md section 3).
+    """Unit j scores its joint relative drift sqrt(Σ‖Δ_slice‖²) / (sqrt(Σ‖θ_b,slice‖²) + ε)
+    over all its slices (METHOD.md section 3; `ops.reset.drift_scores`).
     It streams tensor by tensor, so `max_memory` (the model budget of the data scorers) does
     not apply; it reads no `settings`."""
     t0 = time.perf_counter()
