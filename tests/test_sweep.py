@@ -223,7 +223,7 @@ def test_learnable_share_decides_when_measured():
 def test_a_learnable_share_gain_within_sampling_noise_is_no_surgery():
     """The demo's α = 0.9: 0.734 vs SFT's 0.727 over 128 prompts is one prompt; the standard
     error of the difference is sqrt((0.734·0.266 + 0.727·0.273) / 128) = 0.0555."""
-    from rejuv_cli.sweep.recommend import share_noise
+    from rejuv_cli.diagnostics.output import share_noise
 
     assert share_noise(0.734, 0.727, 128) == pytest.approx(0.05546, abs=1e-5)
     sft = SFT_ROW | {"learnable_share": 0.727}
@@ -253,6 +253,11 @@ def test_accuracy_decides_the_skill_when_measured():
     assert rec.skill_measure == "accuracy_retained" and rec.alpha == 0.8
     assert accuracy_retained(0.1, 0.6, 0.35) == pytest.approx(0.5)
     assert accuracy_retained(0.6, 0.6, 0.6) is None  # SFT gained no accuracy
+    # a gain of 0.015 inside the noise of 128 prompts: sqrt((0.025·0.975 + 0.01·0.99) / 128)
+    # = 0.0164; 0.02 from 0.01 to 0.03 is just above its 0.0175
+    assert accuracy_retained(0.01, 0.025, 0.05, checked=128) is None
+    assert accuracy_retained(0.01, 0.03, 0.05, checked=128) == pytest.approx(2.0)
+    assert accuracy_retained(0.01, 0.05, 0.03, checked=128) == pytest.approx(0.5)
 
 
 def test_unmeasurable_skill_means_no_surgery():

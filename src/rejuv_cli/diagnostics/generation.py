@@ -36,7 +36,8 @@ def generation_sections(job, models: dict, tokenizer_dir, device, output: dict, 
         blocks[role].update({key: m[key] for key in GENERATION_KEYS})
     base, sft = output["base"]["accuracy"], output["accuracy"]
     for block in (b for b in blocks.values() if b is not None):
-        block["accuracy_retained"] = accuracy_retained(base, sft, block["accuracy"])
+        block["accuracy_retained"] = accuracy_retained(base, sft, block["accuracy"],
+                                                       len(checkable))  # fmt: skip
     report["inputs"]["generation"] = {
         "checkable": len(checkable),
         "group_size": job.group_size,

@@ -8,6 +8,7 @@ max-probability, NLL and KL; per unit, activation sums (see ops/activity.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -185,12 +186,23 @@ def skill_retained(
     return (nll_base - nll_model) / gain, None
 
 
-def accuracy_retained(acc_base: float | None, acc_sft: float | None,
-                      acc_model: float | None) -> float | None:  # fmt: skip
+def share_noise(p: float, q: float | None, n: int) -> float:
+    """One standard error of the difference of two shares p and q, each measured on the same
+    n prompts (unpaired, so conservative); 0 when q or n is unknown."""
+    if q is None or n <= 0:
+        return 0.0
+    return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+
+
+def accuracy_retained(acc_base: float | None, acc_sft: float | None, acc_model: float | None,
+                      checked: int = 0) -> float | None:  # fmt: skip
     """Share of SFT's greedy-accuracy gain over BASE a model keeps: (acc_m − acc_base) /
-    (acc_sft − acc_base); None when an accuracy is missing or SFT is not more accurate than
-    BASE (there is no accuracy gain to keep)."""
-    if acc_base is None or acc_sft is None or acc_model is None or not acc_sft > acc_base:
+    (acc_sft − acc_base). None when an accuracy is missing or SFT's gain is not above the
+    sampling noise of the two accuracies over `checked` prompts (`share_noise`; any gain when
+    `checked` is 0): a ratio over a noise-sized gain says nothing (0.02 / 0.008 = 2.5)."""
+    if acc_base is None or acc_sft is None or acc_model is None:
+        return None
+    if not acc_sft - acc_base > share_noise(acc_sft, acc_base, checked):
         return None
     return (acc_model - acc_base) / (acc_sft - acc_base)
 

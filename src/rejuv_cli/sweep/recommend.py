@@ -22,8 +22,9 @@ choice of measure comes from the paper.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from rejuv_cli.diagnostics.output import share_noise
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,6 @@ def recommend(rows: list[dict], sft: dict, min_skill: float, prompts: int = 0) -
         f"α = {best['alpha']:g}: keeps {best[skill]:.3f} of SFT's skill ({skill} >= "
         f"{min_skill:g}) with the highest {plastic} among the {len(ok)} qualifying α "
         f"({best[plastic]:.3f}; SFT {_fmt(sft.get(plastic))})"))  # fmt: skip
-
-
-def share_noise(p: float, q: float | None, n: int) -> float:
-    """One standard error of the difference of two shares p and q, each over n prompts (0 when
-    q or n is unknown)."""
-    if q is None or n <= 0:
-        return 0.0
-    return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
 
 
 def _measured(rows: list[dict], key: str) -> bool:

@@ -223,8 +223,9 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     base_row = {"alpha": None} | _output_row(records["base"], records) | gen.get("base", {})
     base_row |= {"entropy_ratio": 1.0, "kl_mean": 0.0}  # BASE against itself
     sft_row = {"alpha": None} | _output_row(records["sft"], records) | gen.get("sft", {})
+    checked = generation.checkable if generation else 0
     for row in (base_row, sft_row, *alpha_rows):
-        _skill(row, base_row, sft_row)
+        _skill(row, base_row, sft_row, checked)
     inputs = {
         "base": job.base,
         "sft": job.sft,
@@ -265,14 +266,14 @@ def _output_row(rec, records: dict) -> dict:
         "tokens": summary["tokens"]}  # fmt: skip
 
 
-def _skill(row: dict, base: dict, sft: dict) -> None:
+def _skill(row: dict, base: dict, sft: dict, checked: int = 0) -> None:
     """skill_retained from the NLLs, accuracy_retained from the greedy accuracies."""
     from rejuv_cli.diagnostics.output import skill_retained
 
     row["skill_retained"], _ = skill_retained(base["nll_mean"], sft["nll_mean"], row["nll_mean"])
     if "accuracy" in row:
         row["accuracy_retained"] = accuracy_retained(base.get("accuracy"), sft.get("accuracy"),
-                                                     row["accuracy"])  # fmt: skip
+                                                     row["accuracy"], checked)  # fmt: skip
 
 
 class _WorkingModel:
