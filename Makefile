@@ -68,7 +68,7 @@ $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	touch $@
 
-handoff: $(VENV)/.bench  ## toy SFT->RL experiment, ~20 min on 2 CPU cores -> bench/handoff/results/
+handoff: $(VENV)/.bench  ## toy SFT->RL experiment (round two), <= 60 min on 2 CPU cores -> bench/handoff/results/
 	$(BIN)/python bench/handoff/run.py
 
 clean:

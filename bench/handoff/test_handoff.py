@@ -107,3 +107,43 @@ def test_grpo_leaves_weights_alone_when_every_group_has_zero_variance(tiny_check
     after = captured["params"]
     assert len(after) == len(before)
     assert all(torch.equal(b, a.detach()) for b, a in zip(before, after, strict=True))
+
+
+# ---- the evidence run's design and statistics (arms.py, analysis.py) -------------------------
+import analysis  # noqa: E402
+import arms  # noqa: E402
+
+
+def test_checkpoints_for_the_arms():
+    # the probe's validation accuracies (bench/handoff/results/ladder_probe.json, 256 problems)
+    val = {1: 0.086, 2: 0.070, 4: 0.168, 8: 0.262, 16: 0.379, 32: 0.445, 64: 0.633,
+           128: 0.859, 256: 0.875, 512: 0.879, 1024: 0.902}  # fmt: skip
+    # 128 -> 256 is +0.016 against a noise of 0.030: 128 is the last real improvement; 256 is
+    # the earliest within one standard error of the best (0.902 - 0.875 = 0.027 <= 0.028)
+    assert arms.choose_checkpoints(val, 256) == {"over": 1024, "improving": 128, "early": 256}
+    assert arms.noise(0.902, 0.875, 256) == pytest.approx(0.02779, abs=1e-5)
+    # the last real improvement is also the early-stopping point: the one before it
+    val = {8: 0.1, 16: 0.4, 32: 0.8, 64: 0.8, 128: 0.78}
+    assert arms.choose_checkpoints(val, 256) == {"over": 128, "improving": 16, "early": 32}
+
+
+def test_arm_flags():
+    flags = arms.arm_flags(0.8, "c.jsonl")
+    assert flags["fuse-a0.25"] == ["--alpha", "0.25", "--reset", "0"]
+    assert flags["rejuv-a0.5"] == ["--alpha", "0.5"]
+    assert flags["sweep-attribution"][:4] == ["--alpha", "0.8", "--select", "attribution"]
+    assert len(flags) == 9 and len(arms.arm_flags(None, "c.jsonl")) == 6
+
+
+def test_paired_differences_and_spearman():
+    runs = [{"checkpoint": c, "seed": s, "post": v} for c, s, v in
+            [("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.4), ("b", 1, 0.4)]]  # fmt: skip
+    p = analysis.paired(runs, "a", "b")
+    assert p["diffs"] == pytest.approx([0.1, 0.3]) and p["wins"] == 2
+    assert p["mean"] == pytest.approx(0.2) and p["std"] == pytest.approx(2**0.5 * 0.1)  # sample std
+    assert analysis.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert analysis.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert analysis.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # hand computation: ranks x 1..5, y 2,1,4,3,5 -> d² = 1+1+1+1+0 = 4, rho = 1 - 6·4/120
+    assert analysis.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert analysis.spearman([1, 1, 1], [1, 2, 3]) is None
