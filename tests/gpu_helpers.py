@@ -56,6 +56,11 @@ ALLOWED = (
     "pytest",
     "numpy",
 )
+# Optional packages an allowed package imports by itself whenever they are installed, whatever
+# rejuv does: transformers' chat-template utilities import pillow (`is_vision_available`). Not
+# required on the device machine; allowed when present (a venv with `make handoff`'s
+# matplotlib has it).
+OPTIONAL_BY_ALLOWED = ("pillow",)
 # Import names of the packages the runner checks for up front (peft: allowed, not needed).
 NEEDED = {
     "torch": "torch",
@@ -517,7 +522,7 @@ def main() -> int:
 
     closure = allowed_closure()
     by_dist, unknown = imported_distributions(before)
-    outside = sorted(d for d in by_dist if d not in closure)
+    outside = sorted(d for d in by_dist if d not in closure and d not in OPTIONAL_BY_ALLOWED)
     listed = [d if d in closure else f"{d} ({', '.join(sorted(by_dist[d]))})" for d in by_dist]
     imports = ["third-party distributions imported: " + ", ".join(sorted(listed))]
     if outside or unknown:

@@ -21,7 +21,8 @@ from hub_cache import FakeHub, HubRepo, hub_env, rejuv_offline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from rejuv_cli.calib.data import Example, Fields, load_examples
+from rejuv_cli.calib.data import Example, load_examples
+from rejuv_cli.calib.fields import Fields
 from rejuv_cli.errors import CalibError
 
 

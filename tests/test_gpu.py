@@ -745,7 +745,8 @@ def test_sweep_weights_in_memory_equal_the_loaded_checkpoint_on_device(
     from rejuv_cli.calib.models import load_model
     from rejuv_cli.pipeline import choose_reset, prepare_fuse
     from rejuv_cli.recipe import Recipe
-    from rejuv_cli.sweep.run import SweepJob, _WorkingModel, fuse_job
+    from rejuv_cli.sweep.job import SweepJob, fuse_job
+    from rejuv_cli.sweep.weights import WorkingModel
 
     base, sft = pairs[family]
     out = tmp_path / "fused"
@@ -757,7 +758,7 @@ def test_sweep_weights_in_memory_equal_the_loaded_checkpoint_on_device(
         p = prepare_fuse(fuse_job(job, 0.37, None))
         try:
             chosen = choose_reset(p, device)
-            working = _WorkingModel(job, p, chosen, device, load_model(p.sft_model.path, "SFT",
+            working = WorkingModel(job, p, chosen, device, load_model(p.sft_model.path, "SFT",
                                                                        device), [])  # fmt: skip
             state = {k: v.detach().cpu() for k, v in working.at(0.37, lambda n: None)
                      .state_dict().items()}  # fmt: skip

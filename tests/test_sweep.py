@@ -64,7 +64,8 @@ def test_in_memory_weights_equal_what_fuse_writes(llama, tmp_path, flags):
     from rejuv_cli.commands.sweep import FUSE_FLAGS
     from rejuv_cli.pipeline import choose_reset, prepare_fuse
     from rejuv_cli.recipe import Recipe
-    from rejuv_cli.sweep.run import SweepJob, _WorkingModel, fuse_job
+    from rejuv_cli.sweep.job import SweepJob, fuse_job
+    from rejuv_cli.sweep.weights import WorkingModel
 
     alpha = 0.37
     out = tmp_path / "fused"
@@ -85,7 +86,7 @@ def test_in_memory_weights_equal_what_fuse_writes(llama, tmp_path, flags):
         from rejuv_cli.calib.models import load_model
 
         model = load_model(p.sft_model.path, "SFT", device)
-        working = _WorkingModel(job, p, chosen, device, model, [])
+        working = WorkingModel(job, p, chosen, device, model, [])
         assert working.in_memory
         state = working.at(alpha, lambda n: None).state_dict()
     finally:

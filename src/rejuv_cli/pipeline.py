@@ -139,7 +139,7 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
         inputs |= {f"{k}_commit": m.commit for k, m in
                    (("base", p.base_model), ("sft", p.sft_model)) if m.commit}  # fmt: skip
         if settings.select != "drift":
-            from rejuv_cli.calib.data import Fields
+            from rejuv_cli.calib.fields import Fields
             from rejuv_cli.reset.registry import CALIB_PARAMS
 
             inputs |= {"calib": settings.calib, "samples": str(settings.samples),

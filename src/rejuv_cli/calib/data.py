@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from rejuv_cli.calib import files
+from rejuv_cli.calib.fields import Fields
 from rejuv_cli.calib.hub import dataset_id, download_dataset, hub_label
 from rejuv_cli.errors import CalibError
 
@@ -36,29 +37,6 @@ BUILTIN: dict[str, str] = {
 }
 ROLES = ("system", "user", "assistant", "tool")
 MAX_PROBLEMS = 20  # lines shown in one error; the rest are counted
-
-
-@dataclass(frozen=True)
-class Fields:
-    """The keys of a JSONL object, or the columns of a table, that hold each part of an
-    example; the defaults are the format's own names."""
-
-    prompt: str = "prompt"
-    response: str = "response"
-    answer: str = "answer"
-    messages: str = "messages"
-
-    @classmethod
-    def of(cls, settings) -> Fields:
-        """The fields that settings name: attributes `prompt_field`, ... (ResetSettings,
-        DiagnoseJob) or the same keys of a dict (a command's values)."""
-        get = settings.get if isinstance(settings, dict) else settings.__getattribute__
-        return cls(*(get(f"{name}_field") for name in ("prompt", "response", "answer",
-                                                       "messages")))  # fmt: skip
-
-    def params(self) -> dict[str, str]:
-        """As settings: {"prompt_field": "prompt", ...}."""
-        return {f"{k}_field": v for k, v in vars(self).items()}
 
 
 @dataclass(frozen=True)

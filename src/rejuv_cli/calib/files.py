@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from rejuv_cli.errors import CalibError, first_line
 
 if TYPE_CHECKING:
-    from rejuv_cli.calib.data import Fields
+    from rejuv_cli.calib.fields import Fields
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")  # what a data folder's files may be
 PARQUET_MAGIC = b"PAR1"

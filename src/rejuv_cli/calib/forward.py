@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rejuv_cli.arch.layout import UnitLayout
-from rejuv_cli.calib.data import Fields
+from rejuv_cli.calib.fields import Fields
 from rejuv_cli.calib.models import load_tokenizer
 from rejuv_cli.ops.activity import ActivityStats
 

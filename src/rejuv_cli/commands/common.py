@@ -34,7 +34,8 @@ def check_calib(settings) -> None:
     (the forward code parses it again later; that costs milliseconds). `settings` holds calib,
     samples and the field names (ResetSettings, or a command's values as a dict). A table is
     read as far as `samples` rows; a Hub dataset is downloaded here."""
-    from rejuv_cli.calib.data import Fields, load_examples
+    from rejuv_cli.calib.data import load_examples
+    from rejuv_cli.calib.fields import Fields
 
     get = settings.get if isinstance(settings, dict) else settings.__getattribute__
     load_examples(get("calib"), get("samples"), Fields.of(settings))
@@ -43,7 +44,8 @@ def check_calib(settings) -> None:
 def check_checkable(settings) -> None:
     """--generate needs examples with a reference answer; refused before any model is read.
     `settings` as for `check_calib`."""
-    from rejuv_cli.calib.data import Fields, load_examples
+    from rejuv_cli.calib.data import load_examples
+    from rejuv_cli.calib.fields import Fields
     from rejuv_cli.errors import UsageError
 
     get = settings.get if isinstance(settings, dict) else settings.__getattribute__

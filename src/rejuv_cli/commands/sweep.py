@@ -92,7 +92,8 @@ def sweep_command(
 ) -> None:  # fmt: skip
     from rejuv_cli.recipe import Recipe, find_recipe, load_recipe
     from rejuv_cli.settings import command_line
-    from rejuv_cli.sweep.run import SweepJob, run_sweep
+    from rejuv_cli.sweep.job import SweepJob
+    from rejuv_cli.sweep.run import run_sweep
 
     v = values
     alphas = SETTINGS["alphas"].parse_flag(v["alphas"])

@@ -6,7 +6,7 @@ BASE, SFT and the candidate with transformers, all on the device at once (see ou
 
 from __future__ import annotations
 
-from rejuv_cli.calib.data import Fields
+from rejuv_cli.calib.fields import Fields
 from rejuv_cli.calib.forward import activation_sites, prepare_calibration
 from rejuv_cli.calib.models import load_model, offloaded_share, shared_vocab
 from rejuv_cli.calib.vocab import unseen_note

@@ -18,7 +18,8 @@ def generation_sections(job, models: dict, tokenizer_dir, device, output: dict, 
                         progress) -> None:  # fmt: skip
     """Generate with every model in `models` (role -> loaded model) and write the results into
     `output` (SFT's block, with "base" and "candidate" inside) and report["inputs"]."""
-    from rejuv_cli.calib.data import Fields, load_examples
+    from rejuv_cli.calib.data import load_examples
+    from rejuv_cli.calib.fields import Fields
     from rejuv_cli.calib.generate import generation_cost, generation_metrics
     from rejuv_cli.calib.models import load_tokenizer
     from rejuv_cli.diagnostics.output import accuracy_retained

@@ -24,7 +24,7 @@ class CalibRun:
 
     def __init__(self, layout, base, sft, device, on_bytes, settings, max_memory, load=True,
                  batch_tokens=None):  # fmt: skip
-        from rejuv_cli.calib.data import Fields
+        from rejuv_cli.calib.fields import Fields
         from rejuv_cli.calib.forward import prepare_calibration
 
         self.t0 = time.perf_counter()

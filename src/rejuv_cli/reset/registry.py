@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rejuv_cli.calib.data import Fields
+from rejuv_cli.calib.fields import Fields
 
 if TYPE_CHECKING:
     from rejuv_cli.reset.scores import UnitScores

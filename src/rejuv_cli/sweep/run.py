@@ -19,16 +19,15 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from rejuv_cli import __version__
 from rejuv_cli.diagnostics.output import accuracy_retained
-from rejuv_cli.pipeline import FuseJob, Prepared, ResetChoice, choose_reset, prepare_fuse
-from rejuv_cli.recipe import Recipe
-from rejuv_cli.settings import SETTINGS
+from rejuv_cli.pipeline import Prepared, ResetChoice, choose_reset, prepare_fuse
+from rejuv_cli.sweep.job import SweepJob, fuse_command, fuse_job
 from rejuv_cli.sweep.recommend import recommend
+from rejuv_cli.sweep.weights import WorkingModel
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, str], Callable[[int], None]]
@@ -40,67 +39,8 @@ GENERATION_KEYS = ("accuracy", "accuracy_retained", "pass_at_1", "pass_at_k", "l
                    "all_wrong_share", "all_right_share", "no_answer")  # fmt: skip
 
 
-@dataclass
-class SweepJob:
-    base: str
-    sft: str
-    recipe: Recipe  # as for fuse (flags applied); its α is replaced by each of `alphas`
-    alphas: tuple[float, ...]
-    fuse_values: dict = field(default_factory=dict)  # the fuse settings given, for commands
-    device: str = SETTINGS["device"].default
-    batch_tokens: int | None = None
-    max_memory: int | None = None
-    min_skill: float = SETTINGS["min_skill"].default
-    generate: bool = False
-    group_size: int = SETTINGS["group_size"].default
-    max_new_tokens: int = SETTINGS["max_new_tokens"].default
-    checker: str = SETTINGS["checker"].default
-    mask_in: Path | None = None
-    out: Path | None = None  # write the recommended candidate here
-    overwrite: bool = False
-    command: str = ""
-    outputs: tuple = ()  # report files (preflight.Output), checked against the inputs
-
-    # The calibration data is the recipe's (reset.calib, ...): the data scorers and the
-    # measurements read the same examples.
-    @property
-    def calib(self) -> str:
-        return self.recipe.reset.calib
-
-    @property
-    def samples(self) -> int:
-        return self.recipe.reset.samples
-
-    @property
-    def max_tokens(self) -> int:
-        return self.recipe.reset.max_tokens
-
-
 def _no_progress(label: str, total: int, unit: str):
     return lambda n: None
-
-
-def fuse_job(job: SweepJob, alpha: float, out: Path | None) -> FuseJob:
-    """The `rejuv fuse` job that writes this sweep's candidate at `alpha` into `out`."""
-    recipe = job.recipe.with_overrides(alpha=alpha)
-    return FuseJob(job.base, job.sft, out, recipe, job.device, job.overwrite, True,
-                   fuse_command(job, alpha, out), mask_in=job.mask_in,
-                   max_memory=job.max_memory)  # fmt: skip
-
-
-def fuse_command(job: SweepJob, alpha: float, out: Path | None) -> str:
-    """The `rejuv fuse` command line that writes the candidate at `alpha`: the sweep's fuse
-    flags with `--alpha`; the calibration flags only where fuse reads them (data scorers)."""
-    from rejuv_cli.reset.registry import DATA_SCORERS
-    from rejuv_cli.settings import command_line
-
-    values = dict(job.fuse_values) | {"alpha": alpha}
-    reads_data = job.mask_in is None and job.recipe.reset.fraction > 0 \
-        and job.recipe.reset.select in DATA_SCORERS  # fmt: skip
-    if not reads_data:
-        values |= {"calib": None, "samples": None, "max_tokens": None}
-    words = ["rejuv", "fuse", job.base, job.sft, "--out", str(out or "OUT")]
-    return command_line(words, values, "fuse")
 
 
 def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
@@ -172,7 +112,7 @@ def _reset_json(p: Prepared, chosen: ResetChoice | None) -> dict | None:
 
 def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> dict:
     """Rows for BASE, SFT and each α (see the module docstring for the order of work)."""
-    from rejuv_cli.calib.data import Fields
+    from rejuv_cli.calib.fields import Fields
     from rejuv_cli.calib.forward import prepare_calibration
     from rejuv_cli.calib.models import config_vocab, load_model, offloaded_share, shared_vocab_of
     from rejuv_cli.diagnostics.output import LogitCache, cached_pass
@@ -200,7 +140,7 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
         records["sft"] = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
         if generation:
             gen["sft"] = generation.measure(model, "SFT", progress)
-        working = _WorkingModel(job, p, chosen, device, model, warnings)
+        working = WorkingModel(job, p, chosen, device, model, warnings)
         alpha_rows = []
         for alpha in job.alphas:
             label = f"α={alpha:g}"
@@ -276,70 +216,13 @@ def _skill(row: dict, base: dict, sft: dict, checked: int = 0) -> None:
                                                      row["accuracy"], checked)  # fmt: skip
 
 
-class _WorkingModel:
-    """The model whose weights become each α's candidate: the loaded SFT model, overwritten in
-    place, or (see the module docstring) a fresh load of a temporary checkpoint per α."""
-
-    def __init__(self, job: SweepJob, p: Prepared, chosen, device, sft_model, warnings):
-        from rejuv_cli.calib.models import offloaded_share
-        from rejuv_cli.sweep.weights import parameter_map
-
-        self.job, self.p, self.chosen, self.device, self.warnings = job, p, chosen, device, warnings
-        self.model = sft_model
-        self.params, why = (None, "weights are offloaded (--max-memory)") \
-            if offloaded_share(sft_model) > 0 else parameter_map(sft_model, p.plan)  # fmt: skip
-        self.in_memory = self.params is not None
-        self._tmp = None
-        if not self.in_memory:
-            warnings.append(f"each α is written to a temporary checkpoint and loaded from there "
-                            f"(slower; the same weights): {why}")  # fmt: skip
-
-    def at(self, alpha: float, on_bytes):
-        """The model holding the candidate at `alpha`."""
-        from rejuv_cli.executor import Executor
-        from rejuv_cli.plan import build_plan
-
-        recipe = self.job.recipe.with_overrides(alpha=alpha)
-        if self.in_memory:
-            from rejuv_cli.sweep.weights import load_into
-
-            plan = build_plan(self.p.base, self.p.sft, recipe, alpha_flag=True)
-            resets = self.chosen.resets if self.chosen else None
-            executor = Executor(plan, self.p.base, self.p.sft, self.device, on_bytes, resets,
-                                recipe.reset)  # fmt: skip
-            load_into(self.params, executor)
-            return self.model
-        return self._load_written(alpha, on_bytes)
-
-    def _load_written(self, alpha: float, on_bytes):
-        from rejuv_cli.calib.models import load_model
-        from rejuv_cli.pipeline import run_fuse
-
-        self.model = None  # the previous candidate is freed before the next loads
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="rejuv-sweep-")
-        out = Path(self._tmp.name) / f"alpha-{alpha:g}"
-        prepared = prepare_fuse(fuse_job(self.job, alpha, out))
-        try:
-            run_fuse(prepared, on_bytes=on_bytes, chosen=self.chosen, say=lambda line: None)
-        finally:
-            prepared.close()
-        notes: list[str] = []
-        self.model = load_model(out, f"α={alpha:g}", self.device, self.job.max_memory, notes)
-        return self.model
-
-    def close(self) -> None:
-        self.model = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-
 class _Generation:
     """--generate: greedy accuracy and sampled RL-readiness of each model on the checkable
     examples (calib/generate.py)."""
 
     def __init__(self, job: SweepJob, p: Prepared, device):
-        from rejuv_cli.calib.data import Fields, load_examples
+        from rejuv_cli.calib.data import load_examples
+        from rejuv_cli.calib.fields import Fields
         from rejuv_cli.calib.models import load_tokenizer
 
         self.job, self.device = job, device
