@@ -54,6 +54,11 @@ class Prepared:
     def resetting(self) -> bool:
         return self.layout is not None
 
+    @property
+    def score_bytes(self) -> int:
+        """BASE bytes the scoring pass reads (it reads as many from SFT); for progress bars."""
+        return sum(self.base.tensors[n].nbytes for n in self.layout.tensor_axes())
+
     def close(self) -> None:
         self.base.close()
         self.sft.close()

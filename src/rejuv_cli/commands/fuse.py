@@ -160,7 +160,7 @@ def _save_mask_only(prepared, console, show: bool) -> dict:
 
     device = pick_device(prepared.job.device)
     with progress_bars(console, show) as progress:
-        on_bytes = progress("scoring", _score_bytes(prepared))
+        on_bytes = progress("scoring", prepared.score_bytes)
         mask, _, seconds = select_reset(prepared, device, on_bytes)
     return reset_summary(prepared, mask, seconds)
 
@@ -183,11 +183,6 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
         console.print(f"note: {line}", markup=False)
 
     with progress_bars(console, show) as progress:
-        on_score = progress("scoring", _score_bytes(prepared)) if prepared.resetting else None
+        on_score = progress("scoring", prepared.score_bytes) if prepared.resetting else None
         on_bytes = progress("fusing", prepared.plan.out_bytes)
         return run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score, say=say)
-
-
-def _score_bytes(prepared) -> int:
-    """BASE bytes the scoring pass reads (it reads as many from SFT)."""
-    return sum(prepared.base.tensors[n].nbytes for n in prepared.layout.tensor_axes())

@@ -56,12 +56,11 @@ def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
 
         check_outputs({"BASE": prepared.base_model.path, "SFT": prepared.sft_model.path},
                       job.outputs)  # fmt: skip
-        warnings.extend(prepared.plan.warnings)
         chosen = None
         if prepared.resetting:
-            chosen = choose_reset(prepared, device, progress("scoring", _score_bytes(prepared),
-                                                             "bytes"))  # fmt: skip
-            warnings.extend(w for w in prepared.plan.warnings if w not in warnings)
+            scoring = progress("scoring", prepared.score_bytes, "bytes")
+            chosen = choose_reset(prepared, device, scoring)  # adds the scorer's warnings
+        warnings.extend(prepared.plan.warnings)
         measured = _measure(job, prepared, chosen, device, progress, warnings)
     finally:
         prepared.close()
@@ -98,10 +97,6 @@ def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
         warnings.append(f"--out {job.out}: nothing written, the recommendation is no surgery")
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
-
-
-def _score_bytes(p: Prepared) -> int:
-    return sum(p.base.tensors[n].nbytes for n in p.layout.tensor_axes())
 
 
 def _reset_json(p: Prepared, chosen: ResetChoice | None) -> dict | None:
