@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all test-browser lint format demo bench handoff clean \
-	test-gpu bench-gpu digests bench-compare
+	test-gpu bench-gpu digests bench-compare docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,12 @@ test-browser: $(STAMP)  ## the diagnose HTML page in headless Chromium (apt-get 
 	$(BIN)/python -m pytest -q -m browser
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs
+	$(BIN)/ruff check --fix src tests bench docs
 
 DEMO := bench/handoff/demo
 
@@ -60,6 +60,9 @@ bench-gpu:  ## fuse on CUDA vs the I/O floor, ~1.5B-param pair (<4 min) -> bench
 
 bench-compare: $(STAMP)  ## fuse wall time vs REV, alternated: make bench-compare REV=<commit>
 	$(BIN)/python bench/compare_revs.py $(REV)
+
+docs: $(STAMP)  ## rewrite the README's usage blocks from the commands' declarations
+	$(BIN)/python docs/usage.py
 
 digests: $(STAMP)  ## rerun the recorded fuse/mask/diagnose cases, compare with bench/results/digests.json
 	$(BIN)/python bench/digests.py

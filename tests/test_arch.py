@@ -120,10 +120,10 @@ def test_inspect_reports_misfits_and_unaccounted(llama_copy):
     assert any("'model.layers.0.mlp.gate_proj.weight' has shape (64, 32): expected 96" in m
                for m in report["misfits"])  # fmt: skip
     r = run_cli("inspect", sft)
-    assert "misfit" in r.stderr and "model.layers.0.adapter.weight" in r.stderr
+    assert "misfit" in r.stdout and "model.layers.0.adapter.weight" in r.stdout
 
 
 def test_inspect_table(pairs):
     r = run_cli("inspect", pairs["mixtral"][1])
     assert r.exit_code == 0
-    assert "mixtral (unit map: mixtral)" in r.stderr and "4 experts per layer" in r.stderr
+    assert "mixtral (unit map: mixtral)" in r.stdout and "4 experts per layer" in r.stdout

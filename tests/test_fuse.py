@@ -80,6 +80,23 @@ def test_alpha_zero_and_one_reproduce_inputs_bit_for_bit(llama, tmp_path):
     assert all(bits(a1[n]) == bits(sft[n]) for n in sft)
 
 
+def test_alpha_one_with_the_default_reset_counts_the_tensors_it_changes(llama, tmp_path):
+    """α = 1 gives SFT's bytes only with --reset 0: under the default reset the tensors holding
+    reset units differ from SFT, and counts.reset says how many (counted here from the bytes)."""
+    base_dir, sft_dir = llama
+    result = run_cli("fuse", base_dir, sft_dir, "--out", tmp_path / "o", "--alpha", "1",
+                     "--json", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    counts = json.loads(result.stdout)["counts"]
+    sft, out = load_dir(sft_dir), load_dir(tmp_path / "o")
+    changed = [n for n in sft if bits(out[n]) != bits(sft[n])]
+    assert 0 < len(changed) < len(sft)
+    assert counts["reset"] == len(changed)
+    assert counts["from_sft"] == counts["tensors"] == len(sft)
+    assert counts["fused"] == counts["from_base"] == counts["copied"] == 0
+    assert read_json(tmp_path / "o" / "rejuv.json")["counts"] == counts
+
+
 def test_other_alpha_matches_float32_reference_and_fp32_output(llama, tmp_path):
     base_dir, sft_dir = llama
     fuse(base_dir, sft_dir, tmp_path / "o", "--alpha", "0.37", "--dtype", "fp32")
@@ -187,6 +204,11 @@ def test_tensors_only_in_one_side_are_copied_or_left_out_with_warnings(llama_cop
     assert (
         fused["model.step_counter"].dtype == torch.int64 and fused["model.step_counter"].item() == 7
     )
+    counts = read_json(tmp_path / "o" / "rejuv.json")["counts"]
+    assert counts["copied"] == 2 and counts["sft_only"] == 1  # extra_sft and the int64 counter
+    assert counts["fused"] + counts["from_base"] + counts["from_sft"] + counts["copied"] == len(
+        load_dir(sft_dir)
+    )
 
 
 def test_recipe_rules_and_depth_interpolation(llama, tmp_path):
@@ -221,7 +243,9 @@ def test_model_card_and_provenance(llama, tmp_path):
     base_dir, sft_dir = llama
     fuse(base_dir, sft_dir, tmp_path / "o", "--recipe", "paper")
     card = (tmp_path / "o" / "README.md").read_text()
-    assert card.startswith("---\nbase_model:\n- base\n- sft\n")
+    # local directories are not Hub ids: no base_model in the front matter (tests/test_card.py)
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "base_model" not in card.split("---\n")[1]
     assert "tags:" in card and "arXiv 2606.09932" in card and "alpha: 0.5" in card
     assert f"rejuv fuse {base_dir} {sft_dir} --out {tmp_path / 'o'} --recipe paper" in card
     rejuv = read_json(tmp_path / "o" / "rejuv.json")
@@ -266,6 +290,7 @@ def test_dry_run_json_writes_nothing(llama, tmp_path):
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["dry_run"] is True and plan["counts"]["tensors"] == len(load_dir(sft_dir))
+    assert plan["counts"]["reset"] is None  # units are chosen when the run scores them
     assert plan["counts"]["shards"] == len(plan["shards"]) > 1
     assert plan["out_dtypes"] == {"BF16": plan["counts"]["tensors"]}
     assert not (tmp_path / "o").exists()

@@ -10,8 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from rejuv_cli.arch.units import embeddings, stored_as
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES
-from rejuv_cli.checkpoint.names import check_layers_stored, check_same_names, ties_embeddings
+from rejuv_cli.checkpoint.names import (
+    check_layers_stored,
+    check_same_names,
+    output_embedding,
+    ties_embeddings,
+)
 from rejuv_cli.checkpoint.quantization import dequantize_hint, detect_quantization
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
@@ -19,7 +25,8 @@ from rejuv_cli.errors import MismatchError, QuantizedError
 
 # model.layers.12.mlp..., transformer.h.3.attn..., gpt_neox.layers.0..., encoder.layer.5...
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)(?:\.|$)")
-# Names of input embeddings, used when a tied BASE stores no separate lm_head.
+# Input embeddings by name ending, for a tied BASE whose input embedding is not stored under its
+# family's name (arch.units.embeddings).
 _INPUT_EMBEDDINGS = (
     "embed_tokens.weight",
     "wte.weight",
@@ -129,9 +136,10 @@ def pair_tensors(base: Checkpoint, sft: Checkpoint) -> Pairing:
     check_same_names(base, sft)
     tensors: list[TensorPairing] = []
     used_base: set[str] = set()
-    tied = ties_embeddings(base)
+    # SFT's output embedding, which a tied BASE does not store: its input embedding stands in.
+    sft_head = output_embedding(sft) if ties_embeddings(base) else None
     for name, s in sft.tensors.items():
-        b = base.tensors.get(name) or (_tied_counterpart(name, base, s) if tied else None)
+        b = base.tensors.get(name) or (_tied_counterpart(base, s) if name == sft_head else None)
         if b is None:
             warnings.append(f"'{name}' exists only in SFT: copied from SFT")
             tensors.append(TensorPairing(name, s, copied=True, note="only in SFT"))
@@ -149,8 +157,9 @@ def pair_tensors(base: Checkpoint, sft: Checkpoint) -> Pairing:
                 "kept from SFT, shared rows fused"
             )
     base_only = [n for n in base.tensors if n not in used_base and n not in sft.tensors]
+    base_head = output_embedding(base) if ties_embeddings(sft) else None
     for n in base_only:
-        why = " (SFT ties it to the input embeddings)" if n.startswith("lm_head") else ""
+        why = " (SFT ties it to the input embeddings)" if n == base_head else ""
         warnings.append(f"'{n}' exists only in BASE{why}: left out")
     return Pairing(tensors, warnings, base_only, n_layers(sft))
 
@@ -174,13 +183,15 @@ def _check_dtypes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft
         )
 
 
-def _tied_counterpart(name: str, base: Checkpoint, s: TensorInfo) -> TensorInfo | None:
-    """BASE's input embedding for SFT's lm_head, when BASE stores no lm_head of its own (called
-    only when BASE is really tied: `ties_embeddings`)."""
-    if not name.endswith("lm_head.weight"):
-        return None
-    for bname, b in base.tensors.items():
-        if bname.endswith(_INPUT_EMBEDDINGS) and b.shape[1:] == s.shape[1:]:
+def _tied_counterpart(base: Checkpoint, s: TensorInfo) -> TensorInfo | None:
+    """BASE's input embedding for SFT's output embedding `s`, when BASE is tied
+    (`ties_embeddings`) and stores no output embedding of its own: the input embedding under
+    its family's name (arch.units.embeddings), else under a usual name ending."""
+    named = stored_as(embeddings(base.config).input, base.tensors)
+    candidates = [named] if named else [n for n in base.tensors if n.endswith(_INPUT_EMBEDDINGS)]
+    for bname in candidates:
+        b = base.tensors[bname]
+        if b.shape[1:] == s.shape[1:]:
             return b
     return None
 
@@ -192,8 +203,8 @@ def _check_shapes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft
     appended_rows = (
         len(b.shape) == len(s.shape) >= 1 and b.shape[1:] == s.shape[1:] and s.shape[0] > b.shape[0]
     )
-    vocab_sized = (s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)) or bool(
-        _VOCAB_NAMES.search(name)
+    vocab_sized = (s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)) or _vocab_matrix(
+        name, sft
     )
     if appended_rows and vocab_sized:
         return b.shape[0]
@@ -201,6 +212,14 @@ def _check_shapes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft
         f"tensor '{name}' has shape {tuple(b.shape)} in BASE but {tuple(s.shape)} in SFT; "
         "same architecture? Only embedding/lm_head rows for added tokens may differ"
     )
+
+
+def _vocab_matrix(name: str, ckpt: Checkpoint) -> bool:
+    """Whether tensor `name` of `ckpt` is an embedding: its family's names for them
+    (arch.units.embeddings), or a usual name."""
+    e = embeddings(ckpt.config)
+    named = {stored_as(e.input, ckpt.tensors), stored_as(e.output, ckpt.tensors)}
+    return name in named or bool(_VOCAB_NAMES.search(name))
 
 
 def _vocab(ckpt: Checkpoint) -> int | None:

@@ -303,6 +303,7 @@ def run_fuse(
         side_files = copy_side_files(p.sft.root, tmp)
         summary = plan_summary(p)
         summary["reset"] = reset_summary(p, mask, reset_seconds)
+        summary["counts"]["reset"] = len(resets or {})
         summary["base"]["tensor_digest"] = checkpoint_digest(stats.digests["base"], p.base)
         summary["sft"]["tensor_digest"] = checkpoint_digest(stats.digests["sft"], p.sft)
         total = time.perf_counter() - t0 + p.plan_seconds

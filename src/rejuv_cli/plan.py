@@ -63,13 +63,18 @@ class FusePlan:
     def out_bytes(self) -> int:
         return sum(s.data_bytes for s in self.shards)
 
-    def counts(self) -> dict[str, int]:
-        c = Counter(t.action for t in self.tensors)
+    def counts(self) -> dict[str, int | None]:
+        """Output tensors by what fusion does to them: `fused` + `from_base` + `from_sft` +
+        `copied` = `tensors`. `reset` (tensors whose reset units then get their reset values,
+        a subset of the others) is None here: units are chosen after planning (run_fuse)."""
+        c = Counter(t.action for t in self.tensors if not t.copied)
         return {
             "tensors": len(self.tensors),
-            "fused": c[FUSE],
-            "from_base": c[BASE],
-            "from_sft": c[SFT],
+            "fused": c[FUSE],  # 0 < α < 1
+            "from_base": c[BASE],  # α = 0: BASE's values
+            "from_sft": c[SFT],  # α = 1: SFT's values
+            "copied": sum(1 for t in self.tensors if t.copied),  # only in SFT, or not float
+            "reset": None,
             "sft_only": sum(1 for t in self.tensors if t.base is None),
             "base_only_dropped": len(self.base_only),
             "added_token_rows": sum(

@@ -211,7 +211,7 @@ def _reset(name, flag, check, default, help, **kw) -> Setting:
 _ALL: list[Setting] = [
     Setting("recipe", ("--recipe", "-r"), str, None,
             "Recipe file, or a bundled recipe name (see `rejuv recipes`).",
-            commands=("fuse", "sweep")),
+            commands=("fuse", "sweep"), metavar="FILE|NAME"),
     Setting("alpha", ("--alpha", "-a"), float, 0.5,
             "Fusion coefficient: 0 = base, 1 = SFT [default: recipe's, else 0.5 (paper)].",
             Range(0.0, 1.0), key="fuse.alpha"),
@@ -229,7 +229,8 @@ _ALL: list[Setting] = [
            "base + SFT forwards)."),
     _reset("modules", "--modules", modules, None,
            "Comma list of q,k,v,o,mlp (gate/up/down name the MLP unit, which is reset whole; "
-           "experts count as mlp).", keep_text=True, comma_list=True, default_help="all"),
+           "experts count as mlp).", keep_text=True, comma_list=True, default_help="all",
+           metavar="q,k,v,o,mlp"),
     _reset("max_per_module", "--max-per-module", Range(0.0, 1.0, lo_open=True), 0.1,
            "At most this share of any one module (one layer's k, one expert...)."),
     _reset("protect", "--protect", Range(0.0, 0.5), 0.005,
@@ -257,12 +258,13 @@ _ALL: list[Setting] = [
            commands=("fuse", "diagnose", "sweep")),
     Setting("save_mask", ("--save-mask",), Path, None,
             "Write the chosen units to FILE (safetensors); with --dry-run, only that.",
-            panel="Reset"),
+            panel="Reset", metavar="FILE"),
     Setting("mask", ("--mask",), Path, None,
             "Reset the units in FILE (from --save-mask); skips scoring.", panel="Reset",
-            commands=("fuse", "sweep")),
+            commands=("fuse", "sweep"), metavar="FILE"),
     Setting("device", ("--device",), str, "auto", "auto (CUDA when present), cpu, cuda or "
-            "cuda:N.", device, commands=("fuse", "diagnose", "sweep")),
+            "cuda:N.", device, commands=("fuse", "diagnose", "sweep"),
+            metavar="auto|cpu|cuda|cuda:N"),
     Setting("max_memory", ("--max-memory",), str, None,
             "Forward passes: memory for model weights on the device (GPU memory, or RAM on "
             "CPU), e.g. 20GB; weights beyond it are offloaded (to RAM, then disk) and run "
@@ -295,7 +297,7 @@ _ALL: list[Setting] = [
             commands=("diagnose", "sweep")),
     Setting("batch_tokens", ("--batch-tokens",), int, None,
             "Tokens per forward batch, padding included [default: 4096 CPU, 8192 CUDA].",
-            Range(64, integer=True), commands=("diagnose", "sweep")),
+            Range(64, integer=True), commands=("diagnose", "sweep"), metavar="N"),
     # The names the user's calibration data gives the parts of an example (calib/data.Fields).
     _reset("prompt_field", "--prompt-field", field_name, CALIB_PARAMS["prompt_field"],
            "--calib data: the key or column holding the prompt (user turn).",

@@ -1,6 +1,6 @@
 """Unit maps: which slices of which tensors make up one unit ("neuron"), per model family.
 
-Architecture knowledge is data (METHOD.md section 2). A unit is one output channel of an
+Architecture knowledge is data (docs/method.md section 2). A unit is one output channel of an
 input-side projection or one input channel of an output-side projection; a module groups the
 units of one kind in one layer (or one expert). Each `Slice` names a tensor relative to the
 layer prefix, the axis along which unit j is found in the *stored* tensor, and for fused
@@ -36,6 +36,21 @@ class ModuleMap:
 
 
 @dataclass(frozen=True)
+class Embeddings:
+    """Where a family stores its vocabulary matrices: full tensor names as save_pretrained writes
+    them (transformers' `_tied_weights_keys` pairs them). `output` is the output embedding (the
+    LM head); when config.json ties the embeddings it is not stored and `input` serves for it."""
+
+    input: str
+    output: str = "lm_head.weight"
+
+
+# Most families: transformers' usual names. A checkpoint saved from a wrapper may prefix them
+# ("language_model.lm_head.weight"): see `stored_as`.
+STANDARD_EMBEDDINGS = Embeddings("model.embed_tokens.weight")
+
+
+@dataclass(frozen=True)
 class FamilyMap:
     name: str
     model_types: tuple[str, ...]
@@ -43,6 +58,7 @@ class FamilyMap:
     modules: tuple[ModuleMap, ...]
     fused_parts: dict[str, tuple[str, ...]]  # fused tensor -> its parts in storage order
     never_reset: tuple[str, ...]  # globs (full names) fused but never reset: norms, routers, ...
+    embeddings: Embeddings = STANDARD_EMBEDDINGS  # fused, never reset
 
 
 def _w(name: str, axis: int, part: str | None = None) -> tuple[Slice, ...]:
@@ -54,7 +70,7 @@ def _w(name: str, axis: int, part: str | None = None) -> tuple[Slice, ...]:
     return (weight, Slice(f"{name}.bias", 0, part, optional=True))
 
 
-_NEVER_RESET = ("*norm*", "*embed*", "lm_head*", "*.ln_*", "*wte*", "*wpe*", "*rotary*")
+_NEVER_RESET = ("*norm*", "*embed*", "*.ln_*", "*wte*", "*wpe*", "*rotary*")  # + embeddings
 _ATTN = (
     ModuleMap("q", _w("self_attn.q_proj", 0), "q"),
     ModuleMap("k", _w("self_attn.k_proj", 0), "kv"),
@@ -66,11 +82,15 @@ _GATED_MLP = ModuleMap(
 )
 
 FAMILIES: dict[str, FamilyMap] = {}
+# model_type -> its vocabulary matrices: every family with a unit map (`_register`), and below,
+# families rejuv fuses but has no unit map for. Any other model_type: STANDARD_EMBEDDINGS.
+EMBEDDINGS: dict[str, Embeddings] = {}
 
 
 def _register(fm: FamilyMap) -> None:
     for t in fm.model_types:
         FAMILIES[t] = fm
+        EMBEDDINGS[t] = fm.embeddings
 
 
 _register(FamilyMap(
@@ -115,6 +135,7 @@ _register(FamilyMap(
     ),
     {"attn.c_attn": ("q", "k", "v")},
     _NEVER_RESET + ("*.attn.c_proj.bias", "*.mlp.c_proj.bias", "*.attn.bias", "*.attn.masked_bias"),
+    Embeddings("transformer.wte.weight"),
 ))  # fmt: skip
 _register(FamilyMap(
     "mixtral", ("mixtral",), "model.layers.{i}.",
@@ -135,9 +156,43 @@ _register(FamilyMap(
 ))  # fmt: skip
 
 
+# Families without a unit map whose output embedding is not `lm_head.weight` (the names
+# save_pretrained writes; internlm2 and chatglm: their trust_remote_code modelling files).
+EMBEDDINGS.update({
+    "gpt_neox": Embeddings("gpt_neox.embed_in.weight", "embed_out.weight"),
+    "gpt_neox_japanese": Embeddings("gpt_neox_japanese.embed_in.weight", "embed_out.weight"),
+    "rwkv": Embeddings("rwkv.embeddings.weight", "head.weight"),
+    "biogpt": Embeddings("biogpt.embed_tokens.weight", "output_projection.weight"),
+    "modernbert-decoder": Embeddings("model.embeddings.tok_embeddings.weight", "decoder.weight"),
+    "internlm2": Embeddings("model.tok_embeddings.weight", "output.weight"),
+    "chatglm": Embeddings("transformer.embedding.word_embeddings.weight",
+                          "transformer.output_layer.weight"),
+})  # fmt: skip
+
+
+def embeddings(config: dict) -> Embeddings:
+    """The vocabulary matrices' names for a config's model_type (a wrapper's text_config
+    model_type when the outer one is not listed); STANDARD_EMBEDDINGS for any other."""
+    for cfg in (config, config.get("text_config") or {}):
+        found = EMBEDDINGS.get(cfg.get("model_type"))
+        if found is not None:
+            return found
+    return STANDARD_EMBEDDINGS
+
+
+def stored_as(name: str, names) -> str | None:
+    """The stored tensor that is `name` (a name from `Embeddings`): `name` itself, else the one
+    name ending in "." + `name` (saved from a wrapper: "language_model.lm_head.weight").
+    None when absent or ambiguous."""
+    if name in names:
+        return name
+    found = [n for n in names if n.endswith("." + name)]
+    return found[0] if len(found) == 1 else None
+
+
 MODULE_NAMES = ("q", "k", "v", "o", "mlp", "expert", "shared_expert")
 _MLP_KINDS = ("mlp", "expert", "shared_expert")
-# gate, up and down make one MLP unit (METHOD.md section 2: reset together, so the unit is
+# gate, up and down make one MLP unit (docs/method.md section 2: reset together, so the unit is
 # replaced as a whole): naming any of them selects the MLP units, experts' included.
 _MODULE_ALIASES = {"mlp": _MLP_KINDS, "gate": _MLP_KINDS, "up": _MLP_KINDS, "down": _MLP_KINDS}
 MODULE_CHOICES = ("q", "k", "v", "o", "mlp", "gate", "up", "down", "expert", "shared_expert")
@@ -162,7 +217,7 @@ def family_map(config: dict) -> FamilyMap:
     if fm is None:
         raise ArchError(
             f"no unit map for model_type {model_type!r}, so units cannot be reset (fusion still "
-            f"works with --reset 0). Supported: {', '.join(sorted(FAMILIES))}"
+            f"works: --reset 0, or --recipe fusion-only). Supported: {', '.join(sorted(FAMILIES))}"
         )
     return fm
 
@@ -258,11 +313,14 @@ def count_experts(names: set[str]) -> int:
 
 
 def unaccounted(fm: FamilyMap, names: set[str], instances: list[ModuleInstance]) -> list[str]:
-    """Tensors that are neither part of a unit nor known never-reset tensors (norms, routers...)."""
+    """Tensors that are neither part of a unit nor known never-reset tensors (norms, routers,
+    the embeddings...)."""
     covered = {name for inst in instances for name, _, _ in inst.tensors}
+    # The embeddings' modules, weight and any bias, under any wrapper prefix: *lm_head*.
+    vocab = tuple(f"*{e.rpartition('.')[0]}*" for e in (fm.embeddings.input, fm.embeddings.output))
     return sorted(
         n for n in names
-        if n not in covered and not any(fnmatch.fnmatchcase(n, g) for g in fm.never_reset)
+        if n not in covered and not any(fnmatch.fnmatchcase(n, g) for g in fm.never_reset + vocab)
     )  # fmt: skip
 
 

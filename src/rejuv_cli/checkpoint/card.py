@@ -17,19 +17,52 @@ PAPER = "Liu, Liu, Wan, Fu, Pan: When RL Fails after SFT: Rejuvenating Model Pla
 PAPER_URL = "https://arxiv.org/abs/2606.09932"
 
 
-def hub_name(model: dict) -> str:
-    """How a card refers to an input: its Hub id, else its local directory name."""
-    return model.get("repo_id") or Path(model["path"]).name
+# Who each reset scorer comes from (docs/method.md section 3): the card credits it by name.
+SCORER_CREDIT = {
+    "attribution": "the attribution scorer is the paper's; the global ranking, per-module cap "
+    "and protection are rejuv's choices",
+    "drift": "the drift scorer, global ranking, per-module cap and protection are rejuv's choices",
+    "dormant": "the dormant scorer (the ReDo score of Sokar et al., ICML 2023), global "
+    "ranking, per-module cap and protection are rejuv's choices",
+    "saturated": "the saturated scorer, global ranking, per-module cap and protection are "
+    "rejuv's choices",
+}
+
+
+def hub_ids(inputs: dict) -> list[str]:
+    """The inputs' Hub model ids (BASE first), for the front matter's `base_model`, which the
+    Hub reads as model ids. An input has one when it was given as a Hub id or as a Hub cache
+    snapshot directory; a local directory has none, and config.json's `_name_or_path` is not
+    used: it names whatever the training script loaded (for an SFT checkpoint usually its base
+    model, or a local path), not the checkpoint itself."""
+    return [m["repo_id"] for m in (inputs["base"], inputs["sft"]) if m.get("repo_id")]
+
+
+def _front_matter(inputs: dict) -> dict:
+    ids = hub_ids(inputs)
+    linked = {"base_model": ids, "base_model_relation": "merge"} if ids else {}
+    return linked | {
+        "library_name": "transformers",
+        "tags": ["rejuv", "rejuvenation", "merge", "sft-to-rl"],
+    }
+
+
+def _local_note(inputs: dict) -> str:
+    """A line under the inputs table naming the inputs the front matter cannot (no Hub id)."""
+    local = [role.upper() for role, m in inputs.items() if not m.get("repo_id")]
+    if not local:
+        return ""
+    which = " and ".join(local)
+    verb = "are local directories" if len(local) > 1 else "is a local directory"
+    return (
+        f"\n{which} {verb}, named in this table only: the metadata's `base_model` lists Hub "
+        "model ids.\n"
+    )
 
 
 def model_card(provenance: dict) -> str:
     inputs, counts = provenance["inputs"], provenance["counts"]
-    front = {
-        "base_model": [hub_name(inputs["base"]), hub_name(inputs["sft"])],
-        "base_model_relation": "merge",
-        "library_name": "transformers",
-        "tags": ["rejuv", "rejuvenation", "merge", "sft-to-rl"],
-    }
+    front = _front_matter(inputs)
     recipe_yaml = yaml.safe_dump(provenance["recipe"], sort_keys=False).rstrip()
     rows = "\n".join(
         f"| {role.upper()} | `{m['spec']}` | {_revision(m)} |" for role, m in inputs.items()
@@ -42,7 +75,8 @@ def model_card(provenance: dict) -> str:
 
 Made by rejuv {__version__} from an SFT checkpoint and its base model, to
 restore plasticity before reinforcement learning (GRPO, PPO, ...). Method: "Rejuvenation",
-{PAPER} ([paper]({PAPER_URL})).
+{PAPER} ([paper]({PAPER_URL})). How rejuv implements it, each choice marked as the paper's or
+rejuv's own, is described in docs/method.md of rejuv {__version__}.
 
 ## What was done
 
@@ -53,7 +87,7 @@ The paper's default is α = 0.5 for all parameters; per-tensor rules and depth-i
 Non-float tensors and tensors that exist only in the SFT checkpoint were copied from SFT;
 embedding rows for tokens added during SFT kept their SFT values.
 
-{_reset_section(provenance.get("reset"))}
+{_reset_section(provenance.get("reset"), provenance["recipe"]["reset"]["fraction"])}
 
 Config, tokenizer, chat template and generation config are the SFT checkpoint's, so RL samples
 in the SFT model's format.
@@ -63,7 +97,7 @@ in the SFT model's format.
 | role | model | revision or content digest |
 |---|---|---|
 {rows}
-
+{_local_note(inputs)}
 ## Recipe
 
 ```yaml
@@ -78,31 +112,41 @@ Command:
 
 ## Result
 
-{counts["tensors"]} tensors: {counts["fused"]} fused, {counts["from_sft"]} copied from SFT,
-{counts["from_base"]} taken from BASE (α = 0); {counts["sft_only"]} only in SFT;
+{counts["tensors"]} tensors: {counts["fused"]} fused, {counts["from_sft"]} SFT's (α = 1),
+{counts["from_base"]} BASE's (α = 0), {counts["copied"]} copied whole from SFT (of them
+{counts["sft_only"]} only in SFT); {counts["reset"]} of the {counts["tensors"]} hold reset units;
 {counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
 Full provenance: `rejuv.json`.
 {_sweep_section(provenance.get("sweep"))}"""
 
 
-def _reset_section(r: dict | None) -> str:
+def _reset_section(r: dict | None, fraction: float) -> str:
     if r is None:
-        return "**Targeted neuron reset** (paper): not applied in this checkpoint (`--reset 0`)."
+        why = (
+            "reset fraction 0"
+            if fraction == 0
+            else "this model type has no unit map in rejuv; see the warnings in `rejuv.json`"
+        )
+        return f"**Targeted neuron reset** (paper): not applied in this checkpoint ({why})."
     cfg = r["settings"]
+    # A reused mask (--mask) was chosen by the scorer its metadata names, not by --select.
+    scorer = r["mask_metadata"].get("scorer") if "mask_metadata" in r else cfg["select"]
+    credit = SCORER_CREDIT.get(scorer, "the scorer, global ranking, per-module cap and "
+                               "protection are rejuv's choices")  # fmt: skip
     value = {
         "base": f"θ = ω·θ_base + (1−ω)·θ_fused with ω = {cfg['omega']}",
         "shrink-perturb": f"θ = ω·θ_base + (1−ω)·θ_fused + N(0, ({cfg['noise']}·std)²) with "
-        f"ω = {cfg['omega']}, seed {cfg['seed']} (shrink-perturb)",
-        "reinit": f"incoming weights redrawn from each tensor's N(mean, std), outgoing weights "
-        f"and biases zeroed, seed {cfg['seed']} (ReDo-style reinit)",
+        f"ω = {cfg['omega']}, std the BASE tensor's, seed {cfg['seed']} (shrink-perturb)",
+        "reinit": f"incoming weights redrawn from each BASE tensor's N(mean, std), outgoing "
+        f"weights and biases zeroed, seed {cfg['seed']} (ReDo-style reinit)",
     }[cfg["mode"]]
     rows = "\n".join(
         f"| {name} | {m['units']} | {m['reset']} | {m['reset'] / max(m['units'], 1):.2%} |"
         for name, m in r["by_module"].items()
     )
-    return f"""**Targeted neuron reset** (paper; the scorer, per-module cap and protection are
-rejuv's choices): {r["selected"]} of {r["units"]} units (target {r["target"]}, fraction
-{cfg["fraction"]}) chosen by the {r["source"]}, ranked globally, at most
+    return f"""**Targeted neuron reset** (paper; {credit}):
+{r["selected"]} of {r["units"]} units (target {r["target"]}, fraction {cfg["fraction"]}) chosen
+by the {r["source"]}, ranked globally, at most
 {cfg["max_per_module"]:.0%} of any one module, the largest-base-norm {cfg["protect"]:.1%} of
 each module protected; their slices were set to {value}. A unit is a row of q/k/v (with its
 bias), a column of o, or an MLP neuron (gate row, up row and down column together).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from rejuv_cli.arch.units import embeddings, stored_as
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.errors import CheckpointError, MismatchError
@@ -23,7 +24,6 @@ _PREFIX_ORIGINS = {
     "base_model": "a PEFT wrapper",
     "model": "the *ForCausalLM wrapper keeps the decoder under 'model.'",
 }
-_OUTPUT_EMBEDDINGS = ("lm_head.weight", "embed_out.weight")
 # A layer stack and a layer index: model.layers.3..., transformer.h.0..., encoder.block.5...
 _STACK = re.compile(r"^((?:[^.]+\.)*?(?:layers|h|blocks|block|layer))\.(\d+)(?:\.|$)")
 
@@ -105,12 +105,25 @@ def _example(names) -> str:
 
 
 def ties_embeddings(ckpt: Checkpoint) -> bool:
-    """Whether the output embedding is the input embedding: config.json's `tie_word_embeddings`
-    (also in text_config) says so, or the checkpoint stores no output embedding."""
-    for cfg in (ckpt.config, ckpt.config.get("text_config") or {}):
-        if cfg.get("tie_word_embeddings") is True:
-            return True
-    return not any(n.endswith(_OUTPUT_EMBEDDINGS) for n in ckpt.tensors)
+    """Whether the output embedding is the input embedding, as transformers loads the
+    checkpoint: config.json's `tie_word_embeddings` (also in text_config) where it is true or
+    false; where it is absent, whether the checkpoint stores no output embedding under its
+    family's name for it (arch.units.embeddings: lm_head, embed_out, head, output...)."""
+    said = [
+        cfg.get("tie_word_embeddings")
+        for cfg in (ckpt.config, ckpt.config.get("text_config") or {})
+    ]
+    if any(v is True for v in said):
+        return True
+    if any(v is False for v in said):
+        return False
+    return output_embedding(ckpt) is None
+
+
+def output_embedding(ckpt: Checkpoint) -> str | None:
+    """The stored name of the checkpoint's output embedding (its family's name, under any
+    wrapper prefix), or None when it stores none."""
+    return stored_as(embeddings(ckpt.config).output, ckpt.tensors)
 
 
 def check_layers_stored(ckpt: Checkpoint, declared: int | None) -> str | None:

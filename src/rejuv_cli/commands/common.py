@@ -17,6 +17,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON
 QuietFlag = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, tables or warnings on stderr.")
 ]
+# The streams, one rule for every command. stdout carries data only: the JSON when --json asks
+# for it on stdout, else the table that inspect, recipes and validate exist to show (fuse,
+# diagnose and sweep show none there). stderr is for people: progress bars (on a terminal),
+# warnings (one line each), notes, and the human report or table, also when stdout carries
+# JSON; --quiet silences all of that, never the error lines (nor diagnose's gate results).
 OutOption = Annotated[
     Path,
     typer.Option(
@@ -100,7 +105,7 @@ def guarded(fn):
 
 
 def stderr_console(quiet: bool = False):
-    """A Rich console on stderr (presentation never goes to stdout)."""
+    """A Rich console on stderr, for people: silent with --quiet."""
     from rich.console import Console
 
     return Console(stderr=True, quiet=quiet, soft_wrap=False, highlight=False)
@@ -110,6 +115,57 @@ def print_json(data) -> None:
     from rejuv_cli.jsonio import dumps
 
     write_stdout(dumps(data, "--json") + "\n")
+
+
+# Widest line a table on a pipe may have before Rich wraps a cell (in effect: never).
+PIPE_WIDTH = 1 << 20
+
+
+def print_table(renderable) -> None:
+    """A table (any Rich renderable) on stdout, as data. On a terminal: its width, colours and
+    borders. On a pipe or a file: plain text, no colour codes, no borders, each row on one line
+    however long (not cut to 80 columns), columns two spaces apart, no trailing spaces. Written
+    by `write_stdout`, so a reader that left (`| head`) is one error line."""
+    import copy
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if sys.stdout is None:  # descriptor 1 closed: write_stdout says so
+        write_stdout("")
+    tty = _is_terminal(sys.stdout)
+    wide = {} if tty else {"width": PIPE_WIDTH, "color_system": None, "force_terminal": False}
+    if not tty and isinstance(renderable, Table):
+        renderable = copy.copy(renderable)
+        renderable.box, renderable.pad_edge = None, False
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False, emoji=False, **wide)
+    with console.capture() as captured:
+        console.print(renderable)
+    text = captured.get()
+    write_stdout(text if tty else "".join(line.rstrip() + "\n" for line in text.splitlines()))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+def show_result(table, data, json_out: bool, quiet: bool, warnings: list[str] = ()) -> None:
+    """What inspect, recipes and validate exist to show: with --json, `data` as JSON on stdout
+    and the table on stderr for people; without, the table on stdout. Warnings on stderr before
+    the table. Nothing on stderr with --quiet."""
+    from rejuv_cli.report.console import render_warnings
+
+    console = stderr_console(quiet)
+    if json_out:
+        print_json(data)
+    render_warnings(console, list(warnings))
+    if json_out:
+        console.print(table)
+    else:
+        print_table(table)
 
 
 def write_stdout(text: str) -> None:

@@ -35,6 +35,8 @@ is a heuristic with the reasons that fired; thresholds are in the README.
 
 The report goes to stderr; --json and --html write it for machines and people.
 
+Metric definitions and verdict thresholds: docs/method.md, section 5.
+
 Examples:
 
   rejuv diagnose ./base ./sft
@@ -65,7 +67,7 @@ def diagnose_command(
     sft: Annotated[str, typer.Argument(metavar="SFT", show_default=False,
                                        help="SFT model: directory or Hub id[@revision].")],
     candidate: Annotated[str | None, _opt(
-        "--candidate", "-c", show_default=False,
+        "--candidate", "-c", show_default=False, metavar="DIR|ID",
         help="A rejuvenated checkpoint (e.g. rejuv fuse's output) to compare with SFT.")] = None,
     weights_only: Annotated[bool, _opt(
         "--weights-only", help="Weight space only: no forward passes, memory bounded like fuse."
@@ -113,12 +115,11 @@ def diagnose_command(
         check_checkable(values)
     outputs = report_outputs(json_out, html_out)
     _check_outputs(base, sft, candidate, calib, outputs)
-    to_stdout = json_out == "-"
     console = stderr_console(quiet)
     job = DiagnoseJob(base, sft, candidate, weights_only=weights_only, rank=rank, generate=generate,
                       max_memory=memory, outputs=outputs,
                       **{k: values[k] for k in DIAGNOSE_SETTINGS if k != "max_memory"})  # fmt: skip
-    show = not (quiet or to_stdout) and sys.stderr.isatty()
+    show = not quiet and sys.stderr.isatty()
     with progress_bars(console, show) as progress:
         report = run_diagnose(job, progress)
 
@@ -131,12 +132,11 @@ def diagnose_command(
     report["gates"] = [{"gate": r.gate.text, "actual": r.actual, "tripped": r.tripped}
                        for r in results]  # fmt: skip
     write_report(report, json_out, html_out, _html)
-    if not to_stdout:
-        from rejuv_cli.report.console import render_warnings
-        from rejuv_cli.report.diagnose_console import render_diagnose
+    from rejuv_cli.report.console import render_warnings
+    from rejuv_cli.report.diagnose_console import render_diagnose
 
-        render_warnings(console, report["warnings"])
-        render_diagnose(console, report)
+    render_warnings(console, report["warnings"])  # and the report: stderr, whatever --json does
+    render_diagnose(console, report)
     err = stderr_console(False)  # gate results show even under --quiet: they decide the exit
     for r in results:
         err.print(f"rejuv: {describe(r)}")

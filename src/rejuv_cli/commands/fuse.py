@@ -33,6 +33,8 @@ the base bytes). Norms, embeddings and routers are never reset. The output is a 
 checkpoint (shards, index, SFT's config/tokenizer/chat template, model card, rejuv.json) that
 RL frameworks load directly. Memory stays bounded by a few chunk buffers.
 
+Method and defaults, each marked as the paper's or ours: docs/method.md.
+
 Examples:
 
   rejuv fuse Qwen/Qwen2.5-1.5B ./sft-ckpt --out ./rejuvenated
@@ -100,7 +102,7 @@ def fuse_command(
                   command_line(words, v), mask_in=mask, mask_out=save_mask,
                   max_memory=parse_max_memory(v["max_memory"]))  # fmt: skip
     console = stderr_console(quiet=quiet)
-    show_progress = not (quiet or json_out) and sys.stderr.isatty()
+    show_progress = not quiet and sys.stderr.isatty()
     prepared = prepare_fuse(job)
     try:
         if dry_run:
@@ -109,20 +111,18 @@ def fuse_command(
                 summary["warnings"] = [_disk_warning(summary["disk"]), *summary["warnings"]]
             if save_mask is not None and prepared.resetting:
                 summary["reset"] = _save_mask_only(prepared, console, show_progress)
-            render_warnings(console, summary["warnings"])
             if json_out:
                 print_json(summary)
-            else:
-                render_plan(console, summary)
+            render_warnings(console, summary["warnings"])
+            render_plan(console, summary)
             return
         summary = _run_with_progress(prepared, console, show_progress) | {"dry_run": False}
     finally:
         prepared.close()
-    render_warnings(console, summary["warnings"])
     if json_out:
         print_json(summary)
-    else:
-        render_summary(console, summary)
+    render_warnings(console, summary["warnings"])
+    render_summary(console, summary)
 
 
 def _scores_from_data(settings, mask) -> bool:
@@ -180,7 +180,7 @@ def _run_with_progress(prepared, console, show: bool) -> dict:
     from rejuv_cli.pipeline import run_fuse
 
     def say(line: str) -> None:
-        console.print(f"note: {line}", markup=False)
+        console.print(f"note: {line}", markup=False, soft_wrap=True)
 
     with progress_bars(console, show) as progress:
         on_score = progress("scoring", prepared.score_bytes) if prepared.resetting else None

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from rejuv_cli.commands.common import JsonFlag, guarded, print_json, stderr_console
+from rejuv_cli.commands.common import JsonFlag, QuietFlag, guarded, show_result
 
 
 def inspect_command(
@@ -15,24 +15,23 @@ def inspect_command(
         typer.Argument(metavar="MODEL", show_default=False, help="Directory or Hub id[@revision]."),
     ],  # fmt: skip
     json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Show what rejuv sees in a checkpoint: family and unit map, layers, units per module,
     dtypes, parameter count, size on disk, and tensors the unit map does not account for.
 
-    Reads headers only. Example: rejuv inspect ./sft --json
+    The table goes to stdout (to stderr with --json, which puts the report on stdout); warnings
+    go to stderr. Reads headers only. Example: rejuv inspect ./sft --json
     """
     from rejuv_cli.checkpoint.reader import Checkpoint
     from rejuv_cli.checkpoint.resolve import resolve_model
     from rejuv_cli.inspection import inspect_checkpoint
-    from rejuv_cli.report.console import render_inspect
+    from rejuv_cli.report.console import inspect_table
 
     resolved = resolve_model(model, "MODEL")
     with Checkpoint.open(resolved.path, "MODEL") as ckpt:
         report = inspect_checkpoint(ckpt) | {"spec": model, "commit": resolved.commit}
-    if json_out:
-        print_json(report)
-    else:
-        render_inspect(stderr_console(), report)
+    show_result(inspect_table(report), report, json_out, quiet, report["warnings"])
 
 
 inspect_command = guarded(inspect_command)

@@ -8,14 +8,15 @@ from typing import Annotated
 
 import typer
 
-from rejuv_cli.commands.common import JsonFlag, guarded, print_json, stderr_console
+from rejuv_cli.commands.common import JsonFlag, QuietFlag, guarded, show_result
 from rejuv_cli.errors import RecipeError
 
 
-def recipes_command(json_out: JsonFlag = False) -> None:
+def recipes_command(json_out: JsonFlag = False, quiet: QuietFlag = False) -> None:
     """List the bundled recipes with their intent and the command that uses them.
 
-    Use one with `rejuv fuse BASE SFT --out OUT --recipe NAME`.
+    The table goes to stdout (to stderr with --json, which puts the list on stdout). Use one
+    with `rejuv fuse BASE SFT --out OUT --recipe NAME`.
     """
     from rich.table import Table
 
@@ -27,23 +28,25 @@ def recipes_command(json_out: JsonFlag = False) -> None:
         command = next((h for h in header if h.startswith("rejuv ")), "")
         intent = " ".join(h for h in header if h and not h.startswith("rejuv "))
         rows.append({"name": path.stem, "path": str(path), "intent": intent, "command": command})
-    if json_out:
-        print_json(rows)
-        return
     table = Table("name", "intent", "command", title="bundled recipes", title_justify="left")
     for r in rows:
         table.add_row(r["name"], r["intent"], r["command"])
-    stderr_console().print(table)
+    show_result(table, rows, json_out, quiet)
 
 
 def validate_command(
     files: Annotated[list[Path], typer.Argument(help="Recipe files to check.", show_default=False)],
     json_out: JsonFlag = False,
+    quiet: QuietFlag = False,
 ) -> None:
     """Check recipe files; every problem is reported with its file and key. Exit 1 if any fails.
 
+    One line per file on stdout, `ok: FILE` or `invalid: FILE` (on stderr with --json, which
+    puts the results on stdout); each problem is a `rejuv: error:` line on stderr.
     Example: rejuv validate recipes/*.yaml
     """
+    from rich.text import Text
+
     from rejuv_cli.recipe import load_recipe
 
     results = []
@@ -53,14 +56,11 @@ def validate_command(
             results.append({"file": str(path), "ok": True, "errors": []})
         except RecipeError as e:
             results.append({"file": str(path), "ok": False, "errors": str(e).splitlines()})
-    if json_out:
-        print_json(results)
-    else:
-        for r in results:
-            if r["ok"]:
-                print(f"ok: {r['file']}", file=sys.stderr)
-            for line in r["errors"]:
-                print(f"rejuv: error: {line}", file=sys.stderr)
+    lines = "\n".join(f"{'ok' if r['ok'] else 'invalid'}: {r['file']}" for r in results)
+    show_result(Text(lines), results, json_out, quiet)
+    for r in results:
+        for line in r["errors"]:
+            print(f"rejuv: error: {line}", file=sys.stderr)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 

@@ -38,6 +38,8 @@ The recommendation (a heuristic; README, "Choosing α"): among the α that keep 
 learnable share (entropy without --generate), if it is more plastic than SFT (for the
 learnable share, by more than its sampling noise); else no surgery.
 
+The rule, its thresholds and what it rests on: docs/method.md, "Choosing α".
+
 Cost: one model in memory at a time (BASE, then SFT, which becomes each α's candidate in
 place), plus BASE's response logits in a temporary file (response tokens × vocabulary × 4
 bytes). Forward passes: 2 + the number of α, over the calibration data. --generate adds
@@ -125,21 +127,19 @@ def sweep_command(
         command=command_line(words, v, "sweep") + (" --generate" if generate else ""),
         outputs=tuple(o for o in outputs if o is not None),
     )  # fmt: skip
-    to_stdout = json_out == "-"
     console = stderr_console(quiet)
-    show = not (quiet or to_stdout) and sys.stderr.isatty()
+    show = not quiet and sys.stderr.isatty()
     with progress_bars(console, show) as progress:
         report = run_sweep(job, progress)
     from rejuv_cli.jsonio import json_safe
 
     report = json_safe(report)
     write_report(report, json_out, html_out, _html)
-    if not to_stdout:
-        from rejuv_cli.report.console import render_warnings
-        from rejuv_cli.report.sweep_console import render_sweep
+    from rejuv_cli.report.console import render_warnings
+    from rejuv_cli.report.sweep_console import render_sweep
 
-        render_warnings(console, report["warnings"])
-        render_sweep(console, report)
+    render_warnings(console, report["warnings"])  # and the table: stderr, whatever --json does
+    render_sweep(console, report)
 
 
 sweep_command = guarded(sweep_command)

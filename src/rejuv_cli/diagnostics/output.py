@@ -1,4 +1,4 @@
-"""Output-space and unit-activity diagnostics from teacher-forced passes (METHOD.md section 5).
+"""Output-space and unit-activity diagnostics from teacher-forced passes (docs/method.md section 5).
 
 BASE, SFT and the candidate see each batch in turn (all loaded at once): the KL to BASE needs
 both full next-token distributions at the same positions, and keeping BASE's for the whole

@@ -1,4 +1,4 @@
-"""Random-direction sharpness of the calibration loss (METHOD.md section 5; ours).
+"""Random-direction sharpness of the calibration loss (docs/method.md section 5; ours).
 
     sharpness = E_u[L(θ + u)] − L(θ),   u_W ~ N(0, (σ_rel · ‖W‖_F / √numel W)²) per matrix W
 
@@ -8,7 +8,7 @@ tensor's own scale, and their ratio is less noisy than two independent estimates
 
 Estimator: antithetic pairs. Each draw measures both L(θ + u) and L(θ − u), and its estimate is
 (L(θ + u) + L(θ − u)) / 2 − L(θ). u and −u are equally likely, so this has the same
-expectation as L(θ + u) − L(θ) (METHOD.md's quantity, unchanged); but the first-order term
+expectation as L(θ + u) − L(θ) (the quantity of docs/method.md section 5); but the first-order term
 gᵀu, whose sign is random and which dominates L(θ + u) − L(θ) wherever the gradient g on the
 calibration data is not small (BASE on data it was not tuned on), cancels exactly in each pair.
 What is left is ½ uᵀHu + O(u⁴): a random-projection (Hutchinson) estimate of the curvature,

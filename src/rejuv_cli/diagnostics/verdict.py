@@ -1,6 +1,6 @@
 """The verdict: `rigid`, `watch` or `ok`, with the reasons that fired. Heuristics (ours).
 
-No single metric is a validated predictor of RL gain (METHOD.md section 5). The thresholds
+No single metric is a validated predictor of RL gain (docs/method.md section 5). The thresholds
 below come from the two published reference points we know of, plus simple multiples of what
 an unremarkable update looks like; they are a starting point for a CI gate, not a test of
 plasticity. Each rule reads one metric by its JSON path in the report.

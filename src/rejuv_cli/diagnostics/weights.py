@@ -1,4 +1,5 @@
-"""Weight-space diagnostics (METHOD.md section 5): how far, and how spikily, SFT moved from BASE.
+"""Weight-space diagnostics (docs/method.md section 5): how far, and how spikily, SFT moved
+from BASE.
 
 One streaming pass over both checkpoints in row chunks (bounded memory, any model size):
 per tensor relative drift ‖Δ‖/‖θ_b‖, cosine(θ_s, θ_b), mean squared difference and spikiness

@@ -1,4 +1,5 @@
-"""Per-unit activation statistics: dormant (ReDo) and saturated units (METHOD.md sections 3, 5).
+"""Per-unit activation statistics: dormant (ReDo) and saturated units (docs/method.md
+sections 3, 5).
 
 A unit's activation h_j is the input channel j of an output-side projection (`down_proj`,
 `o_proj`, ...) at one token. `ActivityStats` accumulates Σ|h_j| and Σh_j² over tokens in

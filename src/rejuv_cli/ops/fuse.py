@@ -1,4 +1,4 @@
-"""Base-anchored fusion (METHOD.md section 1)."""
+"""Base-anchored fusion (docs/method.md section 1)."""
 
 from __future__ import annotations
 

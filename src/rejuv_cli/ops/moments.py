@@ -1,4 +1,4 @@
-"""Streaming statistics of the SFT update Δ = θ_s − θ_b (METHOD.md section 5, weight space).
+"""Streaming statistics of the SFT update Δ = θ_s − θ_b (docs/method.md section 5, weight space).
 
 `DeltaMoments` takes a tensor chunk by chunk and keeps only sums, the largest |Δ| and the
 top 0.1% of Δ² (a threshold keeps that set small), so any tensor size fits in bounded memory.

@@ -1,4 +1,4 @@
-"""Rank measures of an update matrix Δ from its singular values (METHOD.md section 5).
+"""Rank measures of an update matrix Δ from its singular values (docs/method.md section 5).
 
 Pure functions; the caller computes the singular values (e.g. torch.linalg.svdvals).
 """

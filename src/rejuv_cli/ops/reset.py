@@ -1,4 +1,4 @@
-"""Targeted neuron reset (METHOD.md sections 3-4): unit scores, selection, reset values.
+"""Targeted neuron reset (docs/method.md sections 3-4): unit scores, selection, reset values.
 
 Pure functions on arrays and tensors: no I/O, no config, no logging.
 """
@@ -24,7 +24,7 @@ def drift_scores(
     base_out_sq: np.ndarray,
     eps: float = DRIFT_EPS,
 ) -> np.ndarray:
-    """The unit's joint relative drift over all its slices (METHOD.md section 3):
+    """The unit's joint relative drift over all its slices (docs/method.md section 3):
     s_j = sqrt(‖Δ_in,j‖² + ‖Δ_out,j‖²) / (sqrt(‖θ_b,in,j‖² + ‖θ_b,out,j‖²) + ε).
 
     All inputs: [n_units] float64 squared norms over the unit's incoming slices (rows of

@@ -1,4 +1,5 @@
-"""Next-token distribution statistics under teacher forcing (METHOD.md section 5, output space).
+"""Next-token distribution statistics under teacher forcing (docs/method.md section 5,
+output space).
 
 Pure tensor functions: no models, no I/O. Rows are response positions; columns the vocabulary.
 """

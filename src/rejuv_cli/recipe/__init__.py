@@ -5,7 +5,7 @@
       rules:                          # ordered; the first rule whose glob matches a name wins
         - match: "*.self_attn.*"
           alpha: [0.4, 0.6]           # a list is interpolated linearly over layer depth
-    reset:                            # targeted neuron reset after fusion (METHOD.md 2-4)
+    reset:                            # neuron reset after fusion (docs/method.md sections 2-4)
       fraction: 0.01                  # share of units reset; 0 = fusion only
       select: drift                   # scorer (see SCORERS)
       modules: [q, k, v, o, mlp]      # gate/up/down are one MLP unit; experts count as mlp
@@ -13,7 +13,7 @@
       protect: 0.005                  # per module, the largest base-norm units are never reset
       mode: base                      # base | shrink-perturb | reinit
       omega: 1.0                      # θ = ω·θ_base + (1−ω)·θ_fused on the reset slices
-      noise: 0.01                     # shrink-perturb / reinit: noise std relative to the tensor's
+      noise: 0.01                     # shrink-perturb: noise std relative to the BASE tensor's
       seed: 0
     output:
       dtype: auto                     # auto (SFT's own per tensor) | bf16 | fp16 | fp32

@@ -20,7 +20,7 @@ def _default(name: str):
 
 @dataclass(frozen=True)
 class ResetSettings:
-    """Targeted neuron reset (METHOD.md sections 2-4). Defaults: the paper's 1%, ω = 1."""
+    """Targeted neuron reset (docs/method.md sections 2-4). Defaults: the paper's 1%, ω = 1."""
 
     fraction: float = _default("fraction")
     select: str = _default("select")

@@ -1,4 +1,5 @@
-"""Terminal rendering of plans and run summaries (stderr)."""
+"""Terminal rendering of plans, run summaries and warnings (stderr) and of `rejuv inspect`'s table
+(stdout, or stderr beside --json)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ MAX_WARNINGS = 8
 
 
 def render_warnings(console, warnings: list[str]) -> None:
+    """`warning: ...`, one line each however long (soft wrap: a terminal folds it, a log file
+    keeps it whole); the text is never read as Rich markup."""
+    from rich.markup import escape
+
     for w in warnings[:MAX_WARNINGS]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     if len(warnings) > MAX_WARNINGS:
         console.print(
             f"[yellow]warning:[/yellow] ... {len(warnings) - MAX_WARNINGS} more "
-            "(all of them are in rejuv.json / --json)"
+            "(all of them are in rejuv.json / --json)",
+            soft_wrap=True,
         )
 
 
@@ -29,7 +35,9 @@ def _table(title: str, summary: dict) -> Table:
     t.add_row("OUT", summary["out"])
     t.add_row(
         "tensors",
-        f"{c['tensors']}: {c['fused']} fused, {c['from_sft']} from SFT, {c['from_base']} from BASE",
+        f"{c['tensors']}: {c['fused']} fused, {c['from_sft']} SFT's (α = 1), "
+        f"{c['from_base']} BASE's (α = 0), {c['copied']} copied from SFT"
+        + ("" if c["reset"] is None else f"; {c['reset']} of them with units reset"),
     )
     if c["sft_only"] or c["base_only_dropped"] or c["added_token_rows"]:
         t.add_row(
@@ -122,7 +130,8 @@ def render_summary(console, summary: dict) -> None:
     console.print(t)
 
 
-def render_inspect(console, r: dict) -> None:
+def inspect_table(r: dict) -> Table:
+    """`rejuv inspect`'s table (its warnings are not in it: they go to stderr)."""
     t = Table(title=f"rejuv inspect: {r['spec']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -145,6 +154,4 @@ def render_inspect(console, r: dict) -> None:
     t.add_row("unaccounted", ", ".join(r["unaccounted"]) or "none")
     for problem in r["misfits"]:
         t.add_row("[red]misfit[/red]", problem)
-    for warning in r.get("warnings", []):
-        t.add_row("[yellow]warning[/yellow]", warning)
-    console.print(t)
+    return t

@@ -1,4 +1,4 @@
-"""The activation-based reset scorers (METHOD.md section 3): `dormant` and `saturated`, and
+"""The activation-based reset scorers (docs/method.md section 3): `dormant` and `saturated`, and
 `CalibRun`, the set-up every data scorer (`attribution` too) shares.
 
 Each returns `UnitScores` like the weights-only `drift` scorer, so selection, the per-module

@@ -1,4 +1,5 @@
-"""The `attribution` reset scorer (METHOD.md section 3): per-unit contributions to the target logit.
+"""The `attribution` reset scorer (docs/method.md section 3): per-unit contributions to the
+target logit.
 
 Pipeline: `response_entropies` teacher-forces BASE, then SFT, and `gaps_from` gives
 |H_sft(t) − H_base(t)| at every response target position; `select_positions` keeps the
@@ -67,7 +68,7 @@ BATCH_TOKENS = 2048
 
 def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):
     """The paper's scorer: units' contributions to SFT's top-1 logit at the response positions
-    where SFT's and BASE's next-token entropies differ most (METHOD.md section 3)."""
+    where SFT's and BASE's next-token entropies differ most (docs/method.md section 3)."""
     from rejuv_cli.calib.forward import activation_sites
     from rejuv_cli.calib.models import config_vocab
     from rejuv_cli.calib.vocab import unseen_note

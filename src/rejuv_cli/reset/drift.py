@@ -14,7 +14,7 @@ from rejuv_cli.reset.scores import UnitScores
 def score_drift(layout: UnitLayout, base: TensorSource, sft: TensorSource, device,
                 on_bytes=None, settings=None, max_memory=None) -> UnitScores:  # fmt: skip
     """Unit j scores its joint relative drift sqrt(Σ‖Δ_slice‖²) / (sqrt(Σ‖θ_b,slice‖²) + ε)
-    over all its slices (METHOD.md section 3; `ops.reset.drift_scores`).
+    over all its slices (docs/method.md section 3; `ops.reset.drift_scores`).
     It streams tensor by tensor, so `max_memory` (the model budget of the data scorers) does
     not apply; it reads no `settings`."""
     t0 = time.perf_counter()

@@ -48,8 +48,8 @@ class Scorer:
 SCORERS: dict[str, Scorer] = {
     "drift": Scorer(
         "drift",
-        "weights only: relative drift ‖Δ‖/‖θ_b‖ of each unit's incoming and outgoing slices",
-        "rejuv (README, Reset: Scoring)",
+        "weights only: joint relative drift ‖Δ‖/‖θ_b‖ over all of a unit's slices",
+        "rejuv (docs/method.md section 3)",
         "rejuv_cli.reset.drift:score_drift",
     ),
     "dormant": Scorer(
@@ -63,7 +63,7 @@ SCORERS: dict[str, Scorer] = {
     "saturated": Scorer(
         "saturated",
         "always-on units: highest ReDo score / (CV + 0.001) of SFT's activations",
-        "rejuv (README, Reset: Data scorers)",
+        "rejuv (docs/method.md section 3)",
         "rejuv_cli.reset.activity:score_saturated",
         dict(CALIB_PARAMS),
         data=True,
@@ -71,7 +71,7 @@ SCORERS: dict[str, Scorer] = {
     "attribution": Scorer(
         "attribution",
         "contributions to SFT's top-1 logit where SFT's and BASE's entropies differ most",
-        "Liu et al., arXiv 2606.09932 (the paper's scorer)",
+        "Liu et al., arXiv 2606.09932 (the paper's scorer; docs/method.md section 3)",
         "rejuv_cli.reset.attribution:score_attribution",
         dict(CALIB_PARAMS),
         data=True,
