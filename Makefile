@@ -44,9 +44,10 @@ demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint, diagnose,
 	$(BIN)/rejuv sweep $(DEMO)/base $(DEMO)/sft --calib $(DEMO)/calib.jsonl --samples 128 \
 		--generate --html .demo/sweep.html
 
-bench: $(STAMP)  ## fuse vs I/O floor vs naive script; sweep vs separate runs (~300M params)
-	$(BIN)/python bench/fuse_bench.py
+bench: $(STAMP)  ## fuse vs I/O floor vs naive script; sweep vs separate runs (~300M params); README figures
+	$(BIN)/python bench/fuse_bench.py --repeats 5
 	$(BIN)/python bench/sweep_bench.py --samples 32
+	$(BIN)/python docs/bench_tables.py
 
 # GPU checks. No .venv and no install: any $(PYTHON) with torch (CUDA build), transformers,
 # safetensors, accelerate, typer, rich, huggingface_hub, pyyaml, xxhash and pytest runs them
@@ -61,8 +62,9 @@ bench-gpu:  ## fuse on CUDA vs the I/O floor, ~1.5B-param pair (<4 min) -> bench
 bench-compare: $(STAMP)  ## fuse wall time vs REV, alternated: make bench-compare REV=<commit>
 	$(BIN)/python bench/compare_revs.py $(REV)
 
-docs: $(STAMP)  ## rewrite the README's usage blocks from the commands' declarations
+docs: $(STAMP)  ## rewrite the README's usage blocks (from the commands) and bench blocks (from bench/results)
 	$(BIN)/python docs/usage.py
+	$(BIN)/python docs/bench_tables.py
 
 digests: $(STAMP)  ## rerun the recorded fuse/mask/diagnose cases, compare with bench/results/digests.json
 	$(BIN)/python bench/digests.py

@@ -1,6 +1,7 @@
 """Benchmark `rejuv fuse` against its I/O floor and the naive transformers script.
 
-    make bench                                         # = .venv/bin/python bench/fuse_bench.py
+    make bench                                         # runs .venv/bin/python bench/fuse_bench.py
+                                                       #   --repeats 5, then sweep_bench.py
     .venv/bin/python bench/fuse_bench.py --repeats 1   # quicker, noisier
     .venv/bin/python bench/fuse_bench.py --rebuild     # regenerate the model pair first
 
@@ -16,7 +17,9 @@ runs, each in its own process and `--repeats` times (cases interleaved so drift 
 and reports the median wall time and the largest peak RSS of each, against the targets
 "fusion wall <= 1.5 x floor", "fusion + reset wall <= 2.2 x floor" and "peak RSS <= 40% of
 naive" (both rejuv cases). Results go to stdout and to
-bench/results/fuse_bench.{md,json}; the outputs stay in .bench/out-* for inspection.
+bench/results/fuse_bench.{md,json}, with their provenance (bench/provenance.py: commit, dirty
+tree, date, machine, command; docs/bench_tables.py copies the table and that line into the
+README); the outputs stay in .bench/out-* for inspection.
 
 Measurement: wall time is taken around spawn-to-reap, so interpreter start-up and imports
 count (a user pays them too). Peak RSS is the child's own ru_maxrss from os.wait4, exact per
@@ -29,11 +32,8 @@ are flushed (os.sync), both untimed, so no run pays for the previous one's write
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -42,6 +42,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(".bench")  # relative to REPO, so commands read as a user would type them
@@ -151,54 +154,13 @@ def compare_outputs(a_dir: Path, b_dir: Path) -> dict:
     }
 
 
-def machine_info() -> dict:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    git = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "mem_total_gb": round(mem_kb * 1024 / 1e9, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": version("torch"),
-        "transformers": version("transformers"),
-        "safetensors": version("safetensors"),
-        "rejuv": version("rejuv-cli"),
-        "git": git or None,
-    }
-
-
 def render_markdown(r: dict) -> str:
     c, t = r["cases"], r["targets"]
     pair = r["pair"]
     lines = [
         "# rejuv fuse benchmark",
         "",
-        f"{r['date']} · {r['machine']['cpu']} · nproc {r['machine']['nproc']} · "
-        f"{r['machine']['mem_total_gb']} GB RAM · Python {r['machine']['python']} · "
-        f"torch {r['machine']['torch']} · transformers {r['machine']['transformers']} · "
-        f"git {r['machine']['git']}",
+        *provenance.markdown_lines(r["provenance"]),
         "",
         f"Pair: synthetic Llama, {pair['parameters']:,} parameters per model, bf16, "
         f"{pair['base_shards']} shards; BASE {pair['base_weight_bytes'] / 1e6:,.1f} MB + "
@@ -259,8 +221,8 @@ def main() -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
 
+    origin = provenance.gather()  # before anything is built or written
     os.chdir(REPO)
-    sys.path.insert(0, str(REPO / "bench"))
     from make_pair import count_parameters
 
     print("== building (or reusing) the bench pair", flush=True)
@@ -337,10 +299,8 @@ def main() -> int:
 
     internal = {}
     for key in TARGET_WALL_VS_FLOOR:
-        provenance = REPO / BENCH_DIR / f"out-{key}" / "rejuv.json"
-        internal[key] = (
-            json.loads(provenance.read_text())["seconds"] if provenance.is_file() else None
-        )
+        meta = REPO / BENCH_DIR / f"out-{key}" / "rejuv.json"
+        internal[key] = json.loads(meta.read_text())["seconds"] if meta.is_file() else None
     # Start-up is a fixed ~1.5-2 s in every row, which flatters the wall ratio; the two tools'
     # own timers compare the streaming work alone.
     match = re.search(r" in ([0-9.]+) s$", (logs / f"floor-{args.repeats}.log").read_text(), re.M)
@@ -356,8 +316,7 @@ def main() -> int:
         correctness = compare_outputs(out_rejuv, out_naive)
 
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "provenance": origin,
         "repeats": args.repeats,
         "pair": {
             "path": str(PAIR),

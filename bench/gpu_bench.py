@@ -11,9 +11,10 @@ xxhash and accelerate. Without CUDA it stops at once with one line (unless DRY_R
 Reuses bench/make_pair.py (`build`, with a size-derived Llama preset added at run time; the
 pair lands in .bench/gpu-pair-<size> and is reused when present) and bench/fuse_bench.py
 (`run_measured`: wall time spawn to reap and the child's own peak RSS; `warm_cache`,
-`weight_bytes`, `machine_info`, `compare_outputs`). Each case is its own process, run from the
-repository root with a warm page cache (inputs read once untimed; outputs removed and os.sync
-before each run, untimed):
+`weight_bytes`, `compare_outputs`) and bench/provenance.py (`gather`: commit, dirty tree,
+machine, command; `machine_info`). Each case is its own process, run from the repository root
+with a warm page cache (inputs read once untimed; outputs removed and os.sync before each run,
+untimed):
 
   floor   bench/io_floor.py: the same reads and writes, no math, in rejuv's chunk size
   device  rejuv fuse --device cuda --reset 0              (fusion on the GPU)
@@ -42,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+import provenance  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 BENCH_DIR = Path(".bench")  # relative to REPO, as in fuse_bench.py
 TARGET_WALL_VS_FLOOR = {"device": 1.5, "reset": 2.2}  # fuse_bench.py's targets
@@ -125,6 +128,7 @@ def render(r: dict) -> str:
         f"{r['date']} · {gpu} · {m['cpu']} · nproc {m['nproc']} · {m['mem_total_gb']} GB RAM · "
         f"torch {m['torch']} (CUDA {r['gpu'].get('cuda')}) · git {m['git']}",
         "",
+        *(provenance.markdown_lines(r["provenance"]) + [""] if r.get("provenance") else []),
         f"Pair: synthetic Llama, {p['parameters']:,} parameters per model, bf16, "
         f"{p['shards']} shards; BASE {p['base_weight_bytes'] / 1e9:.2f} GB + SFT "
         f"{p['sft_weight_bytes'] / 1e9:.2f} GB read, ~{p['sft_weight_bytes'] / 1e9:.2f} GB "
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         build_pair(args.build_only, args.params, args.rebuild)
         return 0
+    origin = provenance.gather()  # before anything is built or written
 
     import importlib.util
 
@@ -307,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s_runs": [round(w, 3) for w, _ in runs],
             "peak_rss_bytes": max(r for _, r in runs),
         }
-        provenance = out / "rejuv.json"
-        if provenance.is_file():
-            x["seconds"] = json.loads(provenance.read_text())["seconds"]
+        meta = out / "rejuv.json"
+        if meta.is_file():
+            x["seconds"] = json.loads(meta.read_text())["seconds"]
             x["own_s"] = x["seconds"]["total"]
         else:  # io_floor prints "... in X s"
             found = re.search(r" in ([0-9.]+) s$", log.read_text(), re.M)
@@ -334,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": args.device,
         "dry_run": dry,
-        "machine": fuse_bench.machine_info(),
+        "machine": provenance.machine_info(),
+        "provenance": origin,
         "gpu": gpu,
         "repeats": args.repeats,
         "pair": {

@@ -4,6 +4,7 @@ the verdict on a planted over-confident SFT, JSON schema, HTML, gates and exit c
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -99,14 +100,25 @@ def test_entropy_and_kl_match_a_direct_computation(llama, full_report):
     assert sum(out["entropy_hist"]["counts"]) == out["tokens"]
 
 
-def test_identical_models_have_zero_drift_and_kl_and_pass(llama):
+def test_identical_models_have_zero_drift_and_kl_and_pass(llama, tmp_path, monkeypatch):
     r = run_cli("diagnose", llama[0], llama[0], *FAST, "--json", "-")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["weights"]["overall"]["rel_drift"] == 0 and report["weights"]["drift_max"] == 0
     assert report["output"]["kl_mean"] == 0 and report["output"]["entropy_ratio"] == 1
     assert report["units"]["dormant_increase"] == 0
-    assert report["verdict"]["label"] == "ok" and report["verdict"]["suggested_command"] is None
+    assert report["verdict"]["label"] == "ok"
+    # an ok verdict has a next step too: RL as it is, and this diagnose as a CI gate
+    command = report["verdict"]["suggested_command"]
+    words = shlex.split(command)
+    assert words[:4] == ["rejuv", "diagnose", str(llama[0]), str(llama[0])]
+    assert words[4:8] == list(FAST) and words[-2:] == ["--fail-on", "verdict.label==rigid"]
+    text = " ".join(r.stderr.split())
+    assert "next: go on to RL with SFT as it is (no rule fired)" in text and command in text
+    monkeypatch.chdir(tmp_path)  # the command writes its JSON to the working directory
+    again = run_cli(*words[1:])
+    assert again.exit_code == 0, again.output  # the gate passes: the verdict is still ok
+    assert read_json(tmp_path / f"{llama[0].name}-diagnose.json")["gates"][0]["tripped"] is False
 
 
 def test_overconfident_sft_is_flagged_and_its_base_is_not(llama, overconfident):

@@ -93,6 +93,11 @@ def test_chat_tokens_added_by_sft_are_diagnosed(chat):
     assert "BASE has 17 embedding rows; 128 input position(s) held ids beyond them" in note
     assert "(tokens added by SFT: 17, 18)" in note
     assert any("vocabulary sizes differ (base 17, sft 19)" in w for w in report["warnings"])
+    # diagnose fuses nothing: its warning says what the weight statistics cover
+    rows = [w for w in report["warnings"] if "exist only in SFT (added tokens)" in w]
+    assert rows and all(w.endswith(": the weight statistics cover the 17 rows BASE has")
+                        for w in rows), rows  # fmt: skip
+    assert not any("fused" in w or "copied" in w for w in report["warnings"])
 
 
 def test_sweep_with_chat_tokens_added_by_sft_matches_diagnose(chat, tmp_path):
@@ -280,7 +285,28 @@ def _kind_ok(leaf: Leaf, value) -> bool:
         leaf.kind, True)  # fmt: skip
 
 
+def _undeclared_absent(node, spec, path=()):
+    """The declared keys missing from `node`, an object of a real report, and from the objects
+    inside it (a null section has none to miss)."""
+    if isinstance(node, dict) and isinstance(spec, dict):
+        for key, child in spec.items():
+            if key == ANY:
+                for name, value in node.items():
+                    yield from _undeclared_absent(value, child, (*path, name))
+            elif key != EACH:
+                if key not in node:
+                    yield format_path((*path, key))
+                else:
+                    yield from _undeclared_absent(node[key], child, (*path, key))
+    elif isinstance(node, list) and isinstance(spec, dict) and EACH in spec:
+        for i, value in enumerate(node):
+            yield from _undeclared_absent(value, spec[EACH], (*path, i))
+
+
 def test_schema_declares_exactly_the_paths_of_real_reports(demo_report, chat):
+    """With and without --candidate, --rank and --generate (and --weights-only): every path of
+    a real report is declared, every declared key is present in every report (null when this
+    run did not measure it, and `null_reasons` says why), and every declared value occurs."""
     sft, data = chat
     r = run_cli("diagnose", BASE, sft, "--calib", data, "--samples", "8", "--json", "-",
                 "--sharpness-draws", "1")  # fmt: skip
@@ -288,9 +314,28 @@ def test_schema_declares_exactly_the_paths_of_real_reports(demo_report, chat):
     chat_report = json.loads(r.stdout)
     r = run_cli("diagnose", BASE, SFT, "--weights-only", "--json", "-")
     assert r.exit_code == 0, r.output
-    reports = [demo_report[0], chat_report, json.loads(r.stdout)]
+    weights_only = json.loads(r.stdout)
+    r = run_cli("diagnose", BASE, SFT, "--weights-only", "--candidate", SFT, "--rank", "--json",
+                "-")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    weights_candidate = json.loads(r.stdout)
+    reports = [demo_report[0], chat_report, weights_only, weights_candidate]
+    # absent is null, not missing: weights.rank without --rank, the candidate's sections
+    # without --candidate, --generate's numbers without it
+    assert weights_only["weights"]["rank"] is None and weights_only["weights"]["candidate"] is None
+    assert chat_report["output"]["accuracy"] is None and chat_report["output"]["candidate"] is None
+    assert chat_report["inputs"]["generation"] is None and weights_only["inputs"]["dtype"] is None
+    assert chat_report["null_reasons"]["output.accuracy"] == "'output.accuracy' needs --generate"
+    assert weights_only["null_reasons"]["weights.rank"] == "'weights.rank' needs --rank"
+    # the candidate's weight section has the same keys as SFT's, per-unit drift included
+    cand = weights_candidate["weights"]["candidate"]
+    assert set(cand) == set(weights_candidate["weights"]) - {"candidate"}
+    assert cand["units"] == weights_candidate["weights"]["units"]  # the candidate is SFT here
+    assert cand["rank"]["modules_mean"] == weights_candidate["weights"]["rank"]["modules_mean"]
+    assert set(demo_report[0]["weights"]["candidate"]["units"]) == {"q", "k", "v", "o", "mlp"}
     seen = set()
     for report in reports:
+        assert list(_undeclared_absent(report, SCHEMA)) == []
         for path, value in _leaves(report):
             pattern = pattern_of(path)
             assert pattern is not None, f"{format_path(path)} is not declared in the schema"
@@ -331,6 +376,48 @@ def test_every_path_shown_in_the_terminal_report_resolves(demo_report):
                   'units.dormant["0.025"]; units.candidate.dormant["0.025"]',
                   "weights.candidate.drift_max = "):  # fmt: skip
         assert shown in text, shown
+
+
+@pytest.mark.parametrize("width", [80, 40])
+def test_terminal_report_keeps_every_number_whole_when_narrow(demo_report, width):
+    """At 80 columns the tables turn on their side (a row per metric) and stay tables; at 40
+    they become one line per value. Rich never cuts a cell to "…", and every number the
+    report shows appears whole, formatted by its kind (a share as a percentage)."""
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from rejuv_cli.report.diagnose_console import render_diagnose, shown_paths
+    from rejuv_cli.report.numbers import shown_at
+
+    report, _, _ = demo_report
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    render_diagnose(console, report)
+    text = console.export_text()
+    assert "…" not in text
+    lines = text.splitlines()
+    boxed = [line for line in lines if any(c in line for c in "│┃┏┗┡└")]
+    assert all(cell_len(line) <= width for line in boxed)
+    words = set(re.split(r"[\s=]+", text))
+    for path in shown_paths(report):
+        value = _actual(report, path)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            shown = shown_at(parse_path(path), value)
+            assert any(w.strip("(),:;") == shown for w in words), (path, shown)
+    if width == 80:  # still tables: the output, units and before/after ones
+        assert sum(line.startswith("┃ metric ") for line in lines) >= 4, text
+        assert any(line.startswith("┃ metric ") and "candidate ┃ change" in line
+                   for line in lines)  # fmt: skip
+        assert ' dormant ≤0.025 │ .dormant["0.025"] ' in text
+    else:
+        assert not boxed[:1] or max(cell_len(line) for line in boxed) <= 40
+        assert "  skill retained: 1  .skill_retained" in text
+    # shares read as percentages in every table, the before/after one included
+    share = report["units"]["dormant"]["0.025"]
+    assert text.count(shown_at(("units", "dormant", "0.025"), share)) >= 2
+    assert f"{share:.4g}" not in words
+    # the terms the tables use are defined under them
+    for term in ("ReDo:", "msd:", "kurtosis:", "skill:", "learnable share:", "sharpness (rise"):
+        assert term in " ".join(text.split()), term
 
 
 def _actual(report: dict, path: str):

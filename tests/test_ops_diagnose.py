@@ -87,7 +87,11 @@ def test_verdict_levels():
 
 
 def test_suggested_command_names_the_models():
-    assert suggested_command("ok", "b", "s") is None
+    # ok: SFT goes to RL as it is; the command is the same diagnose as a CI gate
+    assert suggested_command("ok", "b", "./runs/my sft/", diagnose_flags=["--rank"]) == (
+        "rejuv diagnose b './runs/my sft/' --rank --json 'my sft-diagnose.json' "
+        "--fail-on verdict.label==rigid"
+    )
     rigid = suggested_command("rigid", "org/base", "./runs/my sft/")
     assert rigid == ("rejuv sweep org/base './runs/my sft/' --out 'my sft-rejuv' "
                      "--html 'my sft-sweep.html'")  # fmt: skip

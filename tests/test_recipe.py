@@ -129,6 +129,14 @@ def test_recipes_command_lists_bundled_recipes():
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["paper"]["command"] == "rejuv fuse BASE SFT --out OUT --recipe paper"
     assert "0.5" in rows["paper"]["intent"]
+    # What each recipe resets, read from the recipe as fuse would apply it: ood and depth have
+    # no reset section and keep the default 1% (README, "Recipes").
+    assert {name: (row["alpha"], row["reset"]) for name, row in rows.items()} == {
+        "paper": ("0.5", "1% of units, drift"),
+        "fusion-only": ("0.5", "none"),
+        "ood": ("0.4", "1% of units, drift"),
+        "depth": ("0.5, 2 rule(s)", "1% of units, drift"),
+    }
 
 
 def test_unknown_recipe_name_lists_bundled(llama, tmp_path):

@@ -5,6 +5,7 @@ range, --max-memory, --out, the recommendation rule and bad input."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,55 @@ def test_console_and_html(tmp_path):
     assert "<script" not in html and "skill retained" in html
 
 
+def _generated(report: dict) -> dict:
+    """`report` as if --generate had run: every model row with generation numbers whose
+    cells are the widest the table shows (100.0%, a negative accuracy retained)."""
+    out = json.loads(json.dumps(report))
+    out["settings"] |= {"generate": True, "group_size": 4}
+    out["inputs"]["checkable"] = 32
+    for i, row in enumerate([out["base"], out["sft"], *out["rows"]]):
+        row |= {"accuracy": 1.0 - i / 8, "accuracy_retained": -0.1176 + i / 3,
+                "pass_at_1": 0.5156, "pass_at_k": 0.00078125,
+                "learnable_share": 0.28125}  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("width", [80, 40])
+@pytest.mark.parametrize("generate", [False, True], ids=["", "generate"])
+def test_console_table_keeps_every_number_whole(demo_sweep, width, generate):
+    """The widest table (with --generate) fits 80 columns; at 40 each model is one line of
+    head=value pairs. No cell is cut to "…"; numbers are formatted as diagnose formats them
+    (shares as percentages) and appear whole."""
+    import re
+
+    from rich.console import Console
+
+    from rejuv_cli.report.numbers import shown_at
+    from rejuv_cli.report.sweep_console import columns, render_sweep, sweep_rows
+
+    report = _generated(demo_sweep) if generate else demo_sweep
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    render_sweep(console, report)
+    text = console.export_text()
+    assert "…" not in text
+    words = set(re.split(r"[\s=]+", text))
+    cols = columns(report, console=True)
+    for label, row in sweep_rows(report):
+        for key, _ in cols:
+            assert shown_at(("output", key), row[key]) in words, (label, key)
+    if generate:
+        assert "100.0%" in words and "0.078%" in words and "-0.1176" in words
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model ") or
+                  line.startswith("BASE:"))  # fmt: skip
+    table = lines[header : header + 2 + len(report["rows"])]
+    if width == 80 or not generate:  # a table: one row per model, each line within the width
+        assert lines[header].split()[0] == "model" and max(map(len, table)) <= width
+    else:  # nine numbers do not fit 40 columns
+        assert lines[header].startswith("BASE: H=")
+    assert "next: " in text  # also when the recommendation is no surgery
+
+
 # ---- the recommendation rule -------------------------------------------------------------------
 def rows(*values):
     """(α, skill_retained, entropy_mean[, learnable_share]) -> table rows."""
@@ -229,7 +279,7 @@ def test_a_learnable_share_gain_within_sampling_noise_is_no_surgery():
     assert share_noise(0.734, 0.727, 128) == pytest.approx(0.05546, abs=1e-5)
     sft = SFT_ROW | {"learnable_share": 0.727}
     rec = recommend(rows((0.9, 0.99, 0.3, 0.734)), sft, 0.9, prompts=128)
-    assert rec.alpha is None and "sampling noise (0.055" in rec.reason
+    assert rec.alpha is None and "sampling noise (5.5%" in rec.reason  # a share: a percentage
     assert recommend(rows((0.9, 0.99, 0.3, 0.734)), sft, 0.9).alpha == 0.9  # noise unknown
     assert recommend(rows((0.8, 0.95, 0.3, 0.812)), sft, 0.9, prompts=128).alpha == 0.8
 
@@ -238,7 +288,7 @@ def test_none_qualifies_means_no_surgery():
     table = rows((0.3, 0.5, 0.6), (0.5, 0.8, 0.5))
     rec = recommend(table, SFT_ROW, 0.9)
     assert rec.alpha is None and rec.qualifying == ()
-    assert "no α keeps 0.9" in rec.reason and "0.800 at α = 0.5" in rec.reason
+    assert "no α keeps 0.9" in rec.reason and "the most is 0.8 at α = 0.5" in rec.reason
 
 
 def test_no_surgery_when_no_qualifying_alpha_is_more_plastic_than_sft():

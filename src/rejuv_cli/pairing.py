@@ -122,12 +122,25 @@ def check_not_quantized(*ckpts: Checkpoint) -> None:
         )
 
 
-def pair_tensors(base: Checkpoint, sft: Checkpoint) -> Pairing:
+# What happens to the tensors that do not pair, in the words of the command that pairs them:
+# fuse (and sweep) write a checkpoint; diagnose only compares.
+_UNPAIRED = {
+    "fuse": {"sft_only": "copied from SFT", "base_only": "left out",
+             "rows": "kept from SFT, shared rows fused"},
+    "diagnose": {"sft_only": "not compared (the weight statistics leave it out)",
+                 "base_only": "not compared (the weight statistics leave it out)",
+                 "rows": "the weight statistics cover the {n} rows BASE has"},
+}  # fmt: skip
+
+
+def pair_tensors(base: Checkpoint, sft: Checkpoint, purpose: str = "fuse") -> Pairing:
     """Pair every SFT tensor with BASE's, after checking both are the same, unquantized model.
 
     Warnings (in order): found while opening, layers declared but not stored, tensors only in
-    SFT and added-token rows (in SFT order), tensors only in BASE.
+    SFT and added-token rows (in SFT order), tensors only in BASE; they say what `purpose`
+    ("fuse" or "diagnose") does with them.
     """
+    says = _UNPAIRED[purpose]
     check_not_quantized(base, sft)
     warnings: list[str] = base.warnings + sft.warnings  # from opening (unlisted tensors)
     for ckpt in (base, sft):  # before comparing layer counts: a config may be the wrong one
@@ -141,7 +154,7 @@ def pair_tensors(base: Checkpoint, sft: Checkpoint) -> Pairing:
     for name, s in sft.tensors.items():
         b = base.tensors.get(name) or (_tied_counterpart(base, s) if name == sft_head else None)
         if b is None:
-            warnings.append(f"'{name}' exists only in SFT: copied from SFT")
+            warnings.append(f"'{name}' exists only in SFT: {says['sft_only']}")
             tensors.append(TensorPairing(name, s, copied=True, note="only in SFT"))
             continue
         used_base.add(b.name)
@@ -154,13 +167,13 @@ def pair_tensors(base: Checkpoint, sft: Checkpoint) -> Pairing:
         if base_rows is not None:
             warnings.append(
                 f"'{name}': rows {base_rows}..{s.shape[0] - 1} exist only in SFT (added tokens): "
-                "kept from SFT, shared rows fused"
+                + says["rows"].format(n=base_rows)
             )
     base_only = [n for n in base.tensors if n not in used_base and n not in sft.tensors]
     base_head = output_embedding(base) if ties_embeddings(sft) else None
     for n in base_only:
         why = " (SFT ties it to the input embeddings)" if n == base_head else ""
-        warnings.append(f"'{n}' exists only in BASE{why}: left out")
+        warnings.append(f"'{n}' exists only in BASE{why}: {says['base_only']}")
     return Pairing(tensors, warnings, base_only, n_layers(sft))
 
 

@@ -31,9 +31,13 @@ and module, per-unit drift. Output space (forward passes on calibration data, te
 on the responses): entropy, max-probability, over-confident share, KL to BASE, NLL and skill
 retained (the share of SFT's NLL gain over BASE kept); unit activity (dormant and saturated
 units) and random-direction sharpness. The verdict (rigid / watch / ok)
-is a heuristic with the reasons that fired; thresholds are in the README.
+is a heuristic with the reasons that fired; thresholds are in the README. Every verdict comes
+with a next step: for watch and rigid a `rejuv sweep` line; for ok, RL with SFT as it is, and
+this diagnose as a CI gate (--fail-on verdict.label==rigid).
 
-The report goes to stderr; --json and --html write it for machines and people.
+The report goes to stderr; --json and --html write it for machines and people. Shares are
+shown as percentages (JSON and --fail-on keep the fraction: 59.1% is 0.591); entropy, NLL, KL
+and sharpness are in nats; the terms a table uses are defined under it.
 
 Metric definitions and verdict thresholds: docs/method.md, section 5.
 

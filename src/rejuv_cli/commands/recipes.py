@@ -20,18 +20,37 @@ def recipes_command(json_out: JsonFlag = False, quiet: QuietFlag = False) -> Non
     """
     from rich.table import Table
 
-    from rejuv_cli.recipe import bundled_recipes, recipe_header
+    from rejuv_cli.recipe import bundled_recipes, load_recipe, recipe_header
 
     rows = []
     for path in bundled_recipes():
         header = recipe_header(path)
         command = next((h for h in header if h.startswith("rejuv ")), "")
         intent = " ".join(h for h in header if h and not h.startswith("rejuv "))
-        rows.append({"name": path.stem, "path": str(path), "intent": intent, "command": command})
-    table = Table("name", "intent", "command", title="bundled recipes", title_justify="left")
+        recipe = load_recipe(path)
+        rows.append({"name": path.stem, "path": str(path), "alpha": _alpha_text(recipe),
+                     "reset": _reset_text(recipe.reset), "intent": intent,
+                     "command": command})  # fmt: skip
+    table = Table("name", "α", "reset", "intent", "command", title="bundled recipes",
+                  title_justify="left")  # fmt: skip
     for r in rows:
-        table.add_row(r["name"], r["intent"], r["command"])
+        table.add_row(r["name"], r["alpha"], r["reset"], r["intent"], r["command"])
     show_result(table, rows, json_out, quiet)
+
+
+def _alpha_text(recipe) -> str:
+    """α as the recipe sets it: one number, or the default and its per-tensor rules."""
+    if not recipe.rules:
+        return f"{recipe.alpha:g}"
+    return f"{recipe.alpha:g}, {len(recipe.rules)} rule(s)"
+
+
+def _reset_text(reset) -> str:
+    """What the reset does under this recipe: its settings or the defaults it keeps (a recipe
+    without a `reset` section still resets 1% of units)."""
+    if reset.fraction == 0:
+        return "none"
+    return f"{reset.fraction:.0%} of units, {reset.select}"
 
 
 def validate_command(

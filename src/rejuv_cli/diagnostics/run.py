@@ -18,8 +18,9 @@ from rejuv_cli.checkpoint.resolve import resolve_model
 from rejuv_cli.diagnostics import verdict as V
 from rejuv_cli.errors import ArchError
 from rejuv_cli.pairing import pair_tensors
+from rejuv_cli.report.numbers import change
 from rejuv_cli.report.paths import lookup, parse_path
-from rejuv_cli.report.schema import RunFlags, explain_nulls, label
+from rejuv_cli.report.schema import RunFlags, explain_nulls, fill_declared, label
 from rejuv_cli.settings import SETTINGS
 
 SCHEMA_VERSION = 1
@@ -97,6 +98,7 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
         "units": None,
         "sharpness": None,
         "comparison": None,
+        "gates": [],  # the command fills it in once the gates are evaluated
         "warnings": warnings,
         "null_reasons": {},  # gate path -> why it is null (report/schema.explain_nulls)
     }
@@ -107,8 +109,9 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
     report["verdict"] = verdict_block(report, job)
     if job.candidate:
         report["comparison"] = comparison(report)
-    report["null_reasons"] = explain_nulls(report, run_flags(job), report["null_reasons"])
     report["seconds"] = round(time.perf_counter() - t0, 3)
+    fill_declared(report)  # every key the schema declares is there, null when not measured
+    report["null_reasons"] = explain_nulls(report, run_flags(job), report["null_reasons"])
     return report
 
 
@@ -154,7 +157,7 @@ def _weights(job, ckpts, device, progress, warnings):
     from rejuv_cli.reset.layout import unit_layout
 
     base, sft = ckpts["base"], ckpts["sft"]
-    plan = pair_tensors(base, sft)  # what to compare: no fuse plan needed
+    plan = pair_tensors(base, sft, purpose="diagnose")  # what to compare: no fuse plan
     warnings.extend(plan.warnings)
     layout = None
     try:
@@ -164,21 +167,35 @@ def _weights(job, ckpts, device, progress, warnings):
         warnings.append(f"per-unit statistics skipped: {e}")
 
     def section(other: Checkpoint, label: str) -> dict:
-        p = plan if other is sft else pair_tensors(base, other)
+        p = plan if other is sft else pair_tensors(base, other, purpose="diagnose")
         if other is not sft:  # found while opening it (tensors its index does not list)
             warnings.extend(other.warnings)
         total = sum(t.sft.nbytes for t in p.tensors if t.paired)
         w = weight_drift(base, other, p, device, progress(f"weights ({label})", total, "bytes"))
-        if layout is not None and other is sft:
+        w["units"] = None
+        if layout is not None and _same_unit_tensors(layout, sft, other, label, warnings):
             w["units"] = unit_drift(layout, base, other, device)
-        if job.rank:
-            w["rank"] = delta_ranks(base, other, p, device)
+        w["rank"] = delta_ranks(base, other, p, device) if job.rank else None
         return w
 
     weights = section(sft, "SFT")
-    if "candidate" in ckpts:
-        weights["candidate"] = section(ckpts["candidate"], "candidate")
+    weights["candidate"] = section(ckpts["candidate"], "candidate") if "candidate" in ckpts \
+        else None  # fmt: skip
     return weights, layout
+
+
+def _same_unit_tensors(layout, sft: Checkpoint, other: Checkpoint, label: str,
+                       warnings: list[str]) -> bool:  # fmt: skip
+    """Whether `other` (the candidate) stores every unit tensor of SFT's layout with SFT's
+    shape, so that SFT's unit map measures it too; a warning says why not."""
+    for name in layout.tensor_axes():
+        mine, theirs = sft.tensors[name], other.tensors.get(name)
+        if theirs is None or theirs.shape != mine.shape:
+            what = "no such tensor" if theirs is None else f"shape {list(theirs.shape)}"
+            warnings.append(f"per-unit drift of the {label} not measured: its '{name}' has "
+                            f"{what}, SFT's is {list(mine.shape)}")  # fmt: skip
+            return False
+    return True
 
 
 def _measured(report: dict, job: DiagnoseJob) -> str:
@@ -196,7 +213,11 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
         "heuristic": True,
         "reasons": reasons,
         "suggested_command": V.suggested_command(
-            label, job.base, job.sft, measurement_flags(job, "sweep")
+            label,
+            job.base,
+            job.sft,
+            measurement_flags(job, "sweep"),
+            measurement_flags(job, "diagnose"),
         ),
         "measured": _measured(report, job),
         "candidate": None,
@@ -242,8 +263,9 @@ def comparison(report: dict) -> list[dict]:
         before, after = lookup(report, path), lookup(report, after_path)
         if before is None or after is None:
             continue
-        improved = after > before if better == "higher" else after < before
+        verdict = change(before, after, better)
         rows.append({"metric": path, "candidate_metric": after_path,
                      "label": label(*parse_path(path)), "sft": before, "candidate": after,
-                     "better": better, "improved": bool(improved)})  # fmt: skip
+                     "better": better, "improved": verdict == "better",
+                     "change": verdict})  # fmt: skip
     return rows

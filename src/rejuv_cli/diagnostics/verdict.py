@@ -98,20 +98,49 @@ def rule_metrics(report: dict, paths: dict[str, str] | None = None) -> dict[str,
 
 
 def suggested_command(
-    label: str, base: str, sft: str, sweep_flags: Sequence[str] = ()
-) -> str | None:
-    """The `rejuv sweep` line to run next for a `watch` or `rigid` SFT: it measures the fusion at
-    several α on the same data, recommends one (or no surgery) and writes that candidate.
+    label: str,
+    base: str,
+    sft: str,
+    sweep_flags: Sequence[str] = (),
+    diagnose_flags: Sequence[str] = (),
+) -> str:
+    """The command to run next (`next_step` says why).
 
-    `sweep_flags` are the user's measurement flags that sweep takes (calibration, samples,
-    device, --generate, ...): the sweep must measure the way this run did, or its numbers are
-    not comparable (the demo's char-level tokenizer cannot represent builtin:math text)."""
-    if label == "ok":
-        return None
+    `watch` or `rigid`: the `rejuv sweep` line that measures the fusion at several α on the
+    same data, recommends one (or no surgery) and writes that candidate. `ok`: SFT goes to RL
+    as it is; the line is the same diagnose as a CI gate for later checkpoints, exit code 3
+    when one turns rigid.
+
+    `sweep_flags` / `diagnose_flags` are the user's measurement flags that the command takes
+    (calibration, samples, device, --generate, ...): the next run must measure the way this
+    one did, or its numbers are not comparable (the demo's char-level tokenizer cannot
+    represent builtin:math text)."""
     stem = _stem(sft)
+    if label == "ok":
+        words = ["rejuv", "diagnose", base, sft, *diagnose_flags, "--json",
+                 f"{stem}-diagnose.json", "--fail-on", "verdict.label==rigid"]  # fmt: skip
+        return shlex.join(words)
     words = ["rejuv", "sweep", base, sft, *sweep_flags, "--out", f"{stem}-rejuv",
              "--html", f"{stem}-sweep.html"]  # fmt: skip
     return shlex.join(words)
+
+
+_SWEEP_WHY = (
+    "it measures the fusion with BASE at several α on the same data and writes the α "
+    'it recommends, if any; README, "Choosing α"'
+)
+NEXT_STEP = {
+    "ok": "go on to RL with SFT as it is (no rule fired); to keep it so, gate later checkpoints "
+    "in CI with this command, which exits with code 3 when one turns rigid",
+    "watch": _SWEEP_WHY,
+    "rigid": _SWEEP_WHY,
+}
+
+
+def next_step(label: str) -> str:
+    """What `suggested_command` is for, in words, by verdict label: for `ok` the next step
+    itself (the command is optional), for the others why the command."""
+    return NEXT_STEP.get(label, "")
 
 
 def _stem(spec: str) -> str:

@@ -3,26 +3,40 @@
 Every number shown carries its `--fail-on` path beside its label: a table's row names its
 path and a column header its key, the cell's path being the two joined (`weights.overall` +
 `.rel_drift`). `shown_paths` lists them all (tested to resolve in the report).
+
+Numbers are formatted by their kind (report/numbers.py: shares as percentages, the unit in the
+label), and every table shows each value whole at the console's width (report/fit.py): one row
+per model when that fits, else one row per metric, else one line per value. The terms a table
+uses are defined in a legend line under it (report/terms.py).
 """
 
 from __future__ import annotations
 
-from rich.table import Table
+from rich.text import Text
 
-from rejuv_cli.report.paths import format_path, lookup, model_blocks
+from rejuv_cli.report.columns import (
+    COMPARISON_TERMS,
+    GENERATION_COLS,
+    GENERATION_TERMS,
+    LAYER_TERMS,
+    OUTPUT_COLS,
+    OUTPUT_TERMS,
+    RANK_COLS,
+    UNIT_DRIFT_COLS,
+    UNIT_DRIFT_TERMS,
+    UNIT_TERMS,
+    WEIGHT_COLS,
+    WEIGHT_TERMS,
+    dormant_label,
+)
+from rejuv_cli.report.fit import Col, fit
+from rejuv_cli.report.numbers import change, number, shown_at
+from rejuv_cli.report.paths import format_path, lookup, model_blocks, parse_path
+from rejuv_cli.report.terms import legend
 
 LABEL_STYLE = {"rigid": "bold red", "watch": "bold yellow", "ok": "bold green"}
 MAX_LAYERS = 48  # larger models: show the layers with the largest drift only
-
-
-def fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:.{digits}g}"
+fmt = number  # a plain number, as the tables show one that is not a share
 
 
 def render_diagnose(console, r: dict) -> None:
@@ -30,7 +44,7 @@ def render_diagnose(console, r: dict) -> None:
     _verdict(console, r["verdict"], r["inputs"])
     _weights(console, r["weights"])
     if r["output"] is not None:
-        _output(console, r["output"])
+        _output(console, r)
     if r["units"] is not None:
         _units(console, r["units"])
     if r["sharpness"] is not None:
@@ -56,24 +70,17 @@ def _verdict(console, v: dict, inputs: dict) -> None:
         for reason in v["candidate"]["reasons"]:
             console.print(f"  {reason['level']} {reason['id']}: {reason['message']}")
     if v["suggested_command"]:
-        console.print(f"next: {v['suggested_command']}", soft_wrap=True)
+        from rejuv_cli.diagnostics.verdict import next_step
+
+        command, why = v["suggested_command"], next_step(label)
+        if label == "ok":  # the step is RL as it is; the command (a CI gate) is optional
+            console.print(f"next: {why}:", soft_wrap=True, highlight=False)
+            console.print(f"  {command}", soft_wrap=True, highlight=False)
+        else:
+            console.print(f"next: {command}", soft_wrap=True, highlight=False)
+            console.print(f"  ({why})", style="dim", soft_wrap=True, highlight=False)
 
 
-WEIGHT_COLS = (("rel drift", "rel_drift"), ("cosine", "cosine"), ("msd", "msd"),
-               ("kurtosis", "kurtosis"), ("top 0.1% share", "top_share"),
-               ("max|Δ|/std", "max_over_std"))  # fmt: skip
-UNIT_DRIFT_COLS = (("units", "count"), ("mean", "mean"), ("p50", "p50"), ("p90", "p90"),
-                   ("p99", "p99"), ("max", "max"))  # fmt: skip
-RANK_COLS = (("stable rank", "stable_rank"), ("effective rank", "effective_rank"),
-             ("max rank", "max_rank"))  # fmt: skip
-OUTPUT_COLS = (("entropy (nats)", "entropy_mean"), ("H / H_base", "entropy_ratio"),
-               ("mean p_max", "p_max_mean"), ("p_max > 0.99", "confident_share"),
-               ("NLL", "nll_mean"), ("skill retained", "skill_retained"), ("KL to BASE", "kl_mean"),
-               ("tokens", "tokens"))  # fmt: skip
-GENERATION_COLS = (("accuracy", "accuracy"), ("accuracy retained", "accuracy_retained"),
-                   ("pass@1", "pass_at_1"), ("pass@k", "pass_at_k"),
-                   ("learnable", "learnable_share"), ("all wrong", "all_wrong_share"),
-                   ("all right", "all_right_share"), ("no answer", "no_answer"))  # fmt: skip
 SHARPNESS_KEYS = (("base", "base"), ("sft", "sft"), ("ratio", "ratio"),
                   ("candidate", "candidate"), ("ratio", "candidate_ratio"))  # fmt: skip
 
@@ -87,67 +94,99 @@ def rel(key) -> str:
     return format_path(("_", *_keys(key)))[1:]
 
 
-def _metric_table(title: str, first: str, cols, rows, percent=()) -> Table:
-    """rows: (name, path tuple, values dict or None); cols: (label, key or key tuple). Each
-    row shows its gate path and each column header its key: a cell's path is the two joined.
-    Columns whose key is in `percent` show as percentages."""
-    t = Table(title=f"{title}  (gate path: row path + column key)", title_justify="left")
-    t.add_column(first, justify="left")
-    t.add_column("gate path", justify="left", style="dim")
-    for label, key in cols:
-        t.add_column(f"{label}\n[dim]{rel(key)}[/]", justify="right")
-    for name, path, values in rows:
-        if values is None:
-            continue
-        cells = []
-        for _, key in cols:
-            v = lookup(values, _keys(key))
-            cells.append(f"{v:.2%}" if key in percent and v is not None else fmt(v))
-        t.add_row(name, format_path(path), *cells)
-    return t
+def _legend(console, *terms: str) -> None:
+    console.print(legend(*terms), style="dim", highlight=False)
+
+
+def _metric_table(console, title: str, first: str, cols, rows) -> None:
+    """rows: (name, path tuple, values dict or None); cols: (label, key or key tuple). A
+    value's gate path is its row's (model's) path joined with its column's key.
+
+    One row per model when that fits the console; else one row per metric, a column per
+    model; else one line per value. Each value is formatted by its kind."""
+    rows = [(name, path, values) for name, path, values in rows if values is not None]
+
+    def cell(path, values, key) -> str:
+        return shown_at((*path, *_keys(key)), lookup(values, _keys(key)))
+
+    width = console.width
+    wide = fit(width, [Col(first, "left"), Col("gate path", "left", style="dim")]
+               + [Col(f"{label}\n{rel(key)}") for label, key in cols],
+               [[name, format_path(path), *(cell(path, v, key) for _, key in cols)]
+                for name, path, v in rows])  # fmt: skip
+    if wide is not None:
+        console.print(Text(f"{title}  (gate path: row path + column key)", style="bold"))
+        console.print(wide)
+        return
+    tall = fit(width, [Col("metric", "left", wrap=True), Col("key", "left", style="dim")]
+               + [Col(name) for name, _, _ in rows],
+               [[label, rel(key), *(cell(path, v, key) for _, path, v in rows)]
+                for label, key in cols])  # fmt: skip
+    paths = ", ".join(f"{name} = {format_path(path)}" for name, path, _ in rows)
+    if tall is not None:
+        console.print(Text(f"{title}  (gate path: column path + row key; {paths})",
+                           style="bold"))  # fmt: skip
+        console.print(tall)
+        return
+    console.print(Text(f"{title}  (gate path: model path + key)", style="bold"))
+    for name, path, v in rows:
+        console.print(Text(f"{name}: {format_path(path)}"))
+        for label, key in cols:
+            console.print(Text.assemble(f"  {label}: {cell(path, v, key)}  ", (rel(key), "dim")))
 
 
 def _weight_rows(w: dict):
     rows = [("sft", ("weights", "overall"), w["overall"])]
-    if "candidate" in w:
+    if w.get("candidate"):
         rows.append(("candidate", ("weights", "candidate", "overall"), w["candidate"]["overall"]))
     return rows
 
 
 def _weights(console, w: dict) -> None:
-    console.print(_metric_table("weights: Δ = SFT − BASE", "model", WEIGHT_COLS, _weight_rows(w)))
-    console.print(f"largest tensor drift (weights.drift_max): {fmt(w['drift_max'])} in "
-                  f"{w['drift_max_tensor']} (weights.drift_max_tensor)")  # fmt: skip
+    _metric_table(console, "weights: Δ = SFT − BASE", "model", WEIGHT_COLS, _weight_rows(w))
+    _legend(console, *WEIGHT_TERMS)
+    drift = shown_at(("weights", "drift_max"), w["drift_max"])
+    console.print(f"largest tensor drift (weights.drift_max): {drift} (relative) in "
+                  f"{w['drift_max_tensor']} (weights.drift_max_tensor)",
+                  highlight=False)  # fmt: skip
     _layer_grid(console, w)
     if w.get("units"):
         rows = [(m, ("weights", "units", m), s) for m, s in w["units"].items()]
-        console.print(_metric_table("per-unit drift score s_j (the drift scorer's)", "module",
-                                    UNIT_DRIFT_COLS, rows))  # fmt: skip
+        _metric_table(console, "per-unit drift score s_j (the drift scorer's)", "module",
+                      UNIT_DRIFT_COLS, rows)  # fmt: skip
+        _legend(console, *UNIT_DRIFT_TERMS)
     if w.get("rank"):
         rows = [(m, ("weights", "rank", "modules_mean", m), v)
                 for m, v in w["rank"]["modules_mean"].items()]  # fmt: skip
-        console.print(_metric_table("rank of Δ (mean per module)", "module", RANK_COLS, rows))
+        _metric_table(console, "rank of Δ (mean per module)", "module", RANK_COLS, rows)
 
 
 def _layer_grid(console, w: dict) -> None:
-    """Relative drift per layer × module kind, as numbers (the HTML page has the heatmap)."""
+    """Relative drift per layer × module kind, as numbers (the HTML page has the heatmap); one
+    line per layer where the grid does not fit the console."""
     cells = w["layer_modules"]
     kinds = sorted({k.split(".", 1)[1] for k in cells}, key=_kind_order)
     layers = sorted({int(k.split(".", 1)[0]) for k in cells})
     if len(layers) > MAX_LAYERS:
         top = sorted(layers, key=lambda i: -w["layers"][str(i)]["rel_drift"])[:MAX_LAYERS]
         layers = sorted(top)
-    t = Table(title="relative drift per layer × module  (gate paths: "
-              'weights.layer_modules["LAYER.MODULE"].rel_drift; last column: '
-              'weights.layers["LAYER"].rel_drift)', title_justify="left")  # fmt: skip
-    t.add_column("layer", justify="right")
-    for k in kinds:
-        t.add_column(k, justify="right")
-    t.add_column("layer", justify="right")
-    for i in layers:
-        t.add_row(str(i), *(fmt(cells.get(f"{i}.{k}", {}).get("rel_drift"), 3) for k in kinds),
-                  fmt(w["layers"][str(i)]["rel_drift"], 3))  # fmt: skip
-    console.print(t)
+
+    def value(v) -> str:
+        return shown_at(("weights", "layers", "0", "rel_drift"), v)
+
+    grid = [[str(i), *(value(cells.get(f"{i}.{k}", {}).get("rel_drift")) for k in kinds),
+             value(w["layers"][str(i)]["rel_drift"])] for i in layers]  # fmt: skip
+    console.print(Text("relative drift per layer × module  (gate paths: "
+                       'weights.layer_modules["LAYER.MODULE"].rel_drift; last column: '
+                       'weights.layers["LAYER"].rel_drift)', style="bold"))  # fmt: skip
+    table = fit(console.width, [Col("layer"), *(Col(k) for k in kinds), Col("layer")], grid)
+    if table is not None:
+        console.print(table)
+    else:
+        for row in grid:
+            pairs = " ".join(f"{k}={v}" for k, v in zip(kinds, row[1:-1], strict=True))
+            console.print(Text(f"layer {row[0]}: {pairs} whole={row[-1]}"))
+    _legend(console, *LAYER_TERMS)
 
 
 _KIND_ORDER = ("q", "k", "v", "o", "attn", "mlp", "norm", "embed", "router", "other")
@@ -157,24 +196,31 @@ def _kind_order(kind: str) -> int:
     return _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
 
 
-def _output(console, o: dict) -> None:
+def generated(r: dict) -> bool:
+    """Whether the report has --generate's numbers."""
+    return (r.get("inputs") or {}).get("generation") is not None
+
+
+def _output(console, r: dict) -> None:
+    o = r["output"]
     title = "output: teacher-forced next-token distributions on response tokens"
-    console.print(_metric_table(title, "model", OUTPUT_COLS, model_blocks("output", o)))
-    if "accuracy" in o:
+    _metric_table(console, title, "model", OUTPUT_COLS, model_blocks("output", o))
+    _legend(console, *OUTPUT_TERMS)
+    if generated(r):
         title = "generation (--generate): greedy accuracy; pass@k and learnable share of k samples"
-        console.print(_metric_table(title, "model", GENERATION_COLS, model_blocks("output", o)))
+        _metric_table(console, title, "model", GENERATION_COLS, model_blocks("output", o))
+        _legend(console, *GENERATION_TERMS)
 
 
 def _unit_cols(u: dict):
-    return (*((f"dormant ≤{x}", ("dormant", str(x))) for x in u["taus"]),
+    return (*((dormant_label(x), ("dormant", str(x))) for x in u["taus"]),
             ("saturated", "saturated"), ("units", "units"))  # fmt: skip
 
 
 def _units(console, u: dict) -> None:
-    cols = _unit_cols(u)
-    percent = [key for _, key in cols if key != "units"]
-    console.print(_metric_table("unit activity (ReDo score s_j = E|h_j| / layer mean)", "model",
-                                cols, model_blocks("units", u), percent))  # fmt: skip
+    _metric_table(console, "unit activity (ReDo score s_j = E|h_j| / module mean)", "model",
+                  _unit_cols(u), model_blocks("units", u))  # fmt: skip
+    _legend(console, *UNIT_TERMS)
     if u.get("not_measured"):
         missing = u["not_measured"]
         console.print(f"unit activity not measured for {len(missing)} module instance(s), "
@@ -184,25 +230,48 @@ def _units(console, u: dict) -> None:
 def _sharpness(console, s: dict, nulls: dict) -> None:
     shown = [(name, key) for name, key in SHARPNESS_KEYS
              if not key.startswith("candidate") or s.get("candidate") is not None]  # fmt: skip
-    values = ", ".join(f"{name} {fmt(s[key])} [dim](sharpness.{key})[/]" for name, key in shown)
-    console.print(f"sharpness (loss rise under random weight noise, mean of (L(θ+u)+L(θ−u))/2 − "
-                  f"L(θ), σ_rel {s['sigma_rel']}, {s['draws']} draws of ±u): {values}")  # fmt: skip
+
+    def value(key: str) -> str:
+        text = shown_at(("sharpness", key), s[key])
+        return text if "ratio" in key or s[key] is None else f"{text} nats"
+
+    values = ", ".join(f"{name} {value(key)} [dim](sharpness.{key})[/]" for name, key in shown)
+    console.print(f"sharpness (rise of the calibration NLL under random weight noise, mean of "
+                  f"(L(θ+u)+L(θ−u))/2 − L(θ), σ_rel {s['sigma_rel']}, {s['draws']} draws of ±u; "
+                  f"ratio: over BASE's): {values}", highlight=False)  # fmt: skip
     for key in ("ratio", "candidate_ratio")[: 2 if s.get("candidate") is not None else 1]:
         if s.get(key) is None and f"sharpness.{key}" in nulls:
             console.print(f"  sharpness.{key} is null: {nulls[f'sharpness.{key}']}")
 
 
+CHANGE_STYLE = {"better": "green", "worse": "yellow", "no change": "dim"}
+
+
 def _comparison(console, rows: list[dict]) -> None:
-    t = Table(title="before (SFT) / after (candidate)", title_justify="left")
-    for col in ("metric", "gate path (SFT; candidate)", "SFT", "candidate", "better", ""):
-        t.add_column(col, justify="left" if col in ("metric", "", "gate path (SFT; candidate)")
-                     else "right")  # fmt: skip
+    """Before/after: the metric with its two gate paths under it, the two values and the
+    change (report/numbers.change: better, worse or no change)."""
+    lines = []
     for row in rows:
-        mark = "[green]improved[/]" if row["improved"] else "[yellow]not improved[/]"
-        paths = f"[dim]{row['metric']}; {row.get('candidate_metric', '')}[/]"
-        t.add_row(row["label"], paths, fmt(row["sft"]), fmt(row["candidate"]), row["better"],
-                  mark)  # fmt: skip
-    console.print(t)
+        sft_path, cand_path = row["metric"], row.get("candidate_metric", "")
+        where = [parse_path(sft_path), parse_path(cand_path)]
+        verdict = row.get("change") or change(row["sft"], row["candidate"], row["better"])
+        lines.append((row, sft_path, cand_path, shown_at(where[0], row["sft"]),
+                      shown_at(where[1], row["candidate"]), verdict))  # fmt: skip
+    title = "before (SFT) / after (candidate)  (gate paths under each metric: SFT; candidate)"
+    table = fit(console.width, [Col("metric", "left", wrap=True), Col("SFT"), Col("candidate"),
+                                Col("change", "left")],
+                [[Text.assemble(f"{row['label']}; {row['better']} is better\n",
+                                (f"{a}; {b}", "dim")), x, y,
+                  Text(c, style=CHANGE_STYLE[c])] for row, a, b, x, y, c in lines])  # fmt: skip
+    console.print(Text(title, style="bold"))
+    if table is not None:
+        console.print(table)
+    else:
+        for row, a, b, x, y, c in lines:
+            console.print(Text(f"{row['label']}; {row['better']} is better"))
+            console.print(Text(f"  SFT {x} ({a})"))
+            console.print(Text.assemble(f"  candidate {y} ({b}): ", (c, CHANGE_STYLE[c])))
+    _legend(console, *COMPARISON_TERMS)
 
 
 def shown_paths(r: dict) -> list[str]:
@@ -233,7 +302,7 @@ def shown_paths(r: dict) -> list[str]:
              for m, v in w["rank"]["modules_mean"].items()], RANK_COLS)  # fmt: skip
     if r["output"] is not None:
         add(model_blocks("output", r["output"]), OUTPUT_COLS)
-        if "accuracy" in r["output"]:
+        if generated(r):
             add(model_blocks("output", r["output"]), GENERATION_COLS)
     if r["units"] is not None:
         add(model_blocks("units", r["units"]), _unit_cols(r["units"]))

@@ -32,8 +32,8 @@ from rejuv_cli.report.schema_spec import (
 )
 
 __all__ = ["ANY", "CONDITIONS", "EACH", "ROLES", "RUNTIME", "SCHEMA", "TAUS", "Condition", "Leaf",
-           "RunFlags", "check_gate", "explain_nulls", "label", "leaf_patterns", "node_at",
-           "parse_path", "pattern_of", "unmet"]  # fmt: skip
+           "RunFlags", "check_gate", "explain_nulls", "fill_declared", "label", "leaf_patterns",
+           "node_at", "parse_path", "pattern_of", "unit", "unmet"]  # fmt: skip
 
 
 def _matches(part, key) -> bool:
@@ -99,6 +99,12 @@ def label(*path) -> str:
     return node.label if isinstance(node, Leaf) else ""
 
 
+def unit(*path) -> str:
+    """How the reports show the number at a concrete path: Leaf.unit ('' when undeclared)."""
+    node = node_at(path)
+    return node.unit if isinstance(node, Leaf) else ""
+
+
 def check_gate(gate: Gate, flags: RunFlags) -> None:
     """Refuse, before the run, a gate whose path is not in the report's structure, names a
     section these flags leave out, or compares a value of the wrong kind."""
@@ -140,6 +146,29 @@ def _keys(node: dict) -> str:
         names.append({ANY: "any key (e.g. a tensor name or layer number)",
                       EACH: "a list index [n]"}.get(k, k))  # fmt: skip
     return "available: " + ", ".join(names)
+
+
+def fill_declared(report: dict) -> dict:
+    """Give every declared key of every object in `report` a value: a key this run did not
+    measure is set to null (`explain_nulls` then says why), so a consumer finds every key the
+    schema declares, null or not, whatever the flags were. Objects that are themselves null
+    stay null. Returns `report`, changed in place."""
+
+    def walk(node, spec) -> None:
+        if isinstance(node, dict) and isinstance(spec, dict):
+            for key, child in spec.items():
+                if key == ANY:
+                    for value in node.values():
+                        walk(value, child)
+                elif key != EACH:
+                    node.setdefault(key, None)
+                    walk(node[key], child)
+        elif isinstance(node, list) and isinstance(spec, dict) and EACH in spec:
+            for value in node:
+                walk(value, spec[EACH])
+
+    walk(report, SCHEMA)
+    return report
 
 
 def explain_nulls(report: dict, flags: RunFlags, known: dict[str, str]) -> dict[str, str]:

@@ -20,11 +20,14 @@ ROLES = ("base", "sft", "candidate")
 class Leaf:
     """A scalar in the report. kind: "number", "integer", "string", "boolean" or "any"; `label`
     is the readable name the reports show; `nullable` says why it may be null in a complete
-    run."""
+    run; `unit` how the reports show a number (report/numbers.py): SHARE (a fraction of a count
+    or a total, shown as a percentage), NATS, RELATIVE (a ratio, shown as a plain number) or ""
+    (plain; counts, ranks, seeds)."""
 
     kind: str
     label: str = ""
     nullable: str = ""
+    unit: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,14 @@ class Condition:
 
 
 N = "number"
+SHARE, NATS, RELATIVE = "share", "nats", "relative"  # Leaf.unit
 STATS = {
-    "rel_drift": Leaf(N, "relative drift ‖Δ‖/‖θ_base‖"),
-    "cosine": Leaf(N, "cosine(θ, θ_base)"),
-    "msd": Leaf(N, "mean squared difference"),
-    "kurtosis": Leaf(N, "kurtosis of Δ"),
-    "top_share": Leaf(N, "share of ‖Δ‖² in the top 0.1% entries"),
-    "max_over_std": Leaf(N, "max|Δ| / std(Δ)"),
+    "rel_drift": Leaf(N, "relative drift ‖Δ‖/‖θ_base‖", unit=RELATIVE),
+    "cosine": Leaf(N, "cosine(θ, θ_base)", unit=RELATIVE),
+    "msd": Leaf(N, "mean squared difference (weight units²)"),
+    "kurtosis": Leaf(N, "kurtosis of Δ (3 for a Gaussian)"),
+    "top_share": Leaf(N, "share of ‖Δ‖² in the top 0.1% entries", unit=SHARE),
+    "max_over_std": Leaf(N, "max|Δ| / std(Δ)", unit=RELATIVE),
 }
 RANK = {
     "stable_rank": Leaf(N, "stable rank of Δ"),
@@ -50,15 +54,18 @@ RANK = {
 }
 UNIT_DRIFT = {
     "count": Leaf("integer", "units"),
-    **{k: Leaf(N, f"unit drift s_j, {k}") for k in ("mean", "p50", "p90", "p99", "max")},
+    **{
+        k: Leaf(N, f"unit drift s_j, {k}", unit=RELATIVE)
+        for k in ("mean", "p50", "p90", "p99", "max")
+    },
 }
 
 
-def _weights(with_units: bool) -> dict:
-    block = {
+def _weights() -> dict:
+    return {
         "overall": STATS,
-        "spikiness": Leaf(N, "spikiness (matrices' top-0.1% energy share)"),
-        "drift_max": Leaf(N, "largest tensor drift"),
+        "spikiness": Leaf(N, "spikiness (matrices' top-0.1% energy share)", unit=SHARE),
+        "drift_max": Leaf(N, "largest tensor drift", unit=RELATIVE),
         "drift_max_tensor": Leaf("string", "most-drifted tensor", "no tensor pair to compare"),
         "layers": {ANY: STATS},
         "layer_modules": {ANY: STATS},
@@ -67,22 +74,21 @@ def _weights(with_units: bool) -> dict:
             "modules_mean": {ANY: RANK | {"max_rank": Leaf(N, "max rank")}},
             "tensors": {ANY: RANK | {"max_rank": Leaf("integer", "max rank")}},
         },
+        "units": {ANY: UNIT_DRIFT},
     }
-    if with_units:
-        block["units"] = {ANY: UNIT_DRIFT}
-    return block
 
 
 def _output(vs_base: bool) -> dict:
     block = {
-        "entropy_mean": Leaf(N, "mean entropy (nats)"),
+        "entropy_mean": Leaf(N, "mean entropy (nats)", unit=NATS),
         "p_max_mean": Leaf(N, "mean max-probability"),
-        "confident_share": Leaf(N, "share of tokens with p_max > 0.99"),
-        "nll_mean": Leaf(N, "NLL of the calibration responses"),
+        "confident_share": Leaf(N, "share of tokens with p_max > 0.99", unit=SHARE),
+        "nll_mean": Leaf(N, "NLL of the calibration responses (nats/token)", unit=NATS),
         "skill_retained": Leaf(
             N,
-            "skill retained: share of SFT's NLL gain over BASE kept",
+            "skill retained: share of SFT's NLL gain over BASE kept (1 = SFT, 0 = BASE)",
             "SFT's NLL is not below BASE's by more than 0.01 nats/token",
+            RELATIVE,
         ),
         "tokens": Leaf("integer", "response tokens scored"),
         "entropy_hist": {
@@ -92,59 +98,68 @@ def _output(vs_base: bool) -> dict:
     }
     block |= GENERATION
     if vs_base:
-        block["kl_mean"] = Leaf(N, "KL to BASE (nats/token)")
+        block["kl_mean"] = Leaf(N, "KL to BASE (nats/token)", unit=NATS)
         block["entropy_ratio"] = Leaf(
-            N, "entropy / BASE entropy", "BASE's mean entropy is 0, so a ratio to it is undefined"
+            N,
+            "entropy / BASE entropy",
+            "BASE's mean entropy is 0, so a ratio to it is undefined",
+            RELATIVE,
         )
     return block
 
 
 # --generate (diagnostics/generation.py): in each model's output block.
 GENERATION = {
-    "accuracy": Leaf(N, "greedy accuracy on the checkable examples"),
+    "accuracy": Leaf(N, "greedy accuracy on the checkable examples", unit=SHARE),
     "accuracy_retained": Leaf(
         N,
-        "accuracy retained: share of SFT's accuracy gain over BASE kept",
+        "accuracy retained: share of SFT's accuracy gain over BASE kept (1 = SFT, 0 = BASE)",
         "SFT's greedy accuracy is not above BASE's",
+        RELATIVE,
     ),
-    "pass_at_1": Leaf(N, "pass@1 (mean success over the k samples)"),
-    "pass_at_k": Leaf(N, "pass@k (share of prompts with a correct sample)"),
-    "learnable_share": Leaf(N, "learnable share: prompts whose k samples have mixed outcomes"),
-    "all_wrong_share": Leaf(N, "share of prompts with no correct sample"),
-    "all_right_share": Leaf(N, "share of prompts with every sample correct"),
+    "pass_at_1": Leaf(N, "pass@1 (mean success over the k samples)", unit=SHARE),
+    "pass_at_k": Leaf(N, "pass@k (share of prompts with a correct sample)", unit=SHARE),
+    "learnable_share": Leaf(
+        N, "learnable share: prompts whose k samples have mixed outcomes", unit=SHARE
+    ),
+    "all_wrong_share": Leaf(N, "share of prompts with no correct sample", unit=SHARE),
+    "all_right_share": Leaf(N, "share of prompts with every sample correct", unit=SHARE),
     "no_answer": Leaf("integer", "greedy outputs with no answer found"),
     "truncated": Leaf("integer", "greedy outputs cut at --max-new-tokens"),
 }
 
 
 def _units(vs_base: bool) -> dict:
-    dormant = {t: Leaf(N, f"dormant units (ReDo ≤ {t})") for t in TAUS}
+    dormant = {t: Leaf(N, f"dormant units (ReDo ≤ {t})", unit=SHARE) for t in TAUS}
+    saturated = Leaf(N, "saturated units", unit=SHARE)
     block = {
-        "taus": {EACH: Leaf(N, "ReDo threshold")},
+        "taus": {EACH: Leaf(N, "ReDo threshold", unit=RELATIVE)},
         "dormant": dormant,
-        "saturated": Leaf(N, "saturated units"),
+        "saturated": saturated,
         "units": Leaf("integer", "units measured"),
         "layers": {EACH: {
             "layer": Leaf("integer", "layer"), "module": Leaf("string", "module"),
             "key": Leaf("string", "module instance"), "units": Leaf("integer", "units"),
-            "dormant": dormant, "saturated": Leaf(N, "saturated units"),
-            "percentiles": {p: Leaf(N, f"ReDo score {p}") for p in ("p1", "p5", "p50", "p95",
-                                                                       "p99")},
+            "dormant": dormant, "saturated": saturated,
+            "percentiles": {p: Leaf(N, f"ReDo score {p}", unit=RELATIVE)
+                            for p in ("p1", "p5", "p50", "p95", "p99")},
         }},
         "not_measured": {EACH: Leaf("string", "module instance not hooked")},
     }  # fmt: skip
     if vs_base:
-        block["dormant_increase"] = Leaf(N, "dormant share (≤ 0.025) minus BASE's")
+        block["dormant_increase"] = Leaf(N, "dormant share (≤ 0.025) minus BASE's", unit=SHARE)
     return block
 
 
 _SHARP_MODEL = {
-    "loss": Leaf(N, "calibration NLL"),
-    "perturbed": {EACH: Leaf(N, "NLL at θ + u")},
-    "mirrored": {EACH: Leaf(N, "NLL at θ − u")},
-    "draw_values": {EACH: Leaf(N, "sharpness of one draw")},
-    "value": Leaf(N, "sharpness"),
-    "stderr": Leaf(N, "standard error of the sharpness", "one draw has no standard error"),
+    "loss": Leaf(N, "calibration NLL (nats/token)", unit=NATS),
+    "perturbed": {EACH: Leaf(N, "NLL at θ + u (nats/token)", unit=NATS)},
+    "mirrored": {EACH: Leaf(N, "NLL at θ − u (nats/token)", unit=NATS)},
+    "draw_values": {EACH: Leaf(N, "sharpness of one draw (nats)", unit=NATS)},
+    "value": Leaf(N, "sharpness (nats)", unit=NATS),
+    "stderr": Leaf(
+        N, "standard error of the sharpness (nats)", "one draw has no standard error", NATS
+    ),
 }
 _REASON = {
     "id": Leaf("string", "rule"), "level": Leaf("string", "level"),
@@ -172,7 +187,7 @@ SCHEMA: dict = {
         "dtype": Leaf("string", "forward dtype"), "device": Leaf("string", "device"),
         "weights_only": Leaf("boolean", "weights only"),
         "unk_share": Leaf(N, "share of calibration tokens that are the unknown token",
-                          "the SFT tokenizer has no unknown token"),
+                          "the SFT tokenizer has no unknown token", SHARE),
         "models": {role: _MODEL_INFO for role in ROLES},
         "generation": {
             "checkable": Leaf("integer", "examples with a reference answer"),
@@ -186,20 +201,23 @@ SCHEMA: dict = {
         "label": Leaf("string", "verdict"),
         "heuristic": Leaf("boolean", "heuristic"),
         "reasons": {EACH: _REASON},
-        "suggested_command": Leaf("string", "suggested command", "the verdict is ok"),
-        "measured": Leaf("string", "measured"),
+        "suggested_command": Leaf("string", "suggested next command: rejuv sweep for watch and "
+                                  "rigid, a --fail-on CI gate for ok"),
+        "measured": Leaf("string", "what this run measured: weights, output, units, sharpness, "
+                                   "generation"),
         "candidate": {"label": Leaf("string", "candidate verdict"), "reasons": {EACH: _REASON}},
     },
-    "weights": _weights(True) | {"candidate": _weights(False)},
+    "weights": _weights() | {"candidate": _weights()},
     "output": _output(True) | {"base": _output(False), "candidate": _output(True)},
     "units": _units(True) | {"base": _units(False), "candidate": _units(True)},
     "sharpness": {
-        "sft": Leaf(N, "SFT sharpness"), "base": Leaf(N, "BASE sharpness"),
-        "ratio": Leaf(N, "sharpness / BASE sharpness", "BASE's sharpness is ≤ 0"),
-        "candidate": Leaf(N, "candidate sharpness"),
+        "sft": Leaf(N, "SFT sharpness (nats)", unit=NATS),
+        "base": Leaf(N, "BASE sharpness (nats)", unit=NATS),
+        "ratio": Leaf(N, "sharpness / BASE sharpness", "BASE's sharpness is ≤ 0", RELATIVE),
+        "candidate": Leaf(N, "candidate sharpness (nats)", unit=NATS),
         "candidate_ratio": Leaf(N, "candidate sharpness / BASE sharpness",
-                                "BASE's sharpness is ≤ 0"),
-        "sigma_rel": Leaf(N, "noise σ relative to each matrix's RMS"),
+                                "BASE's sharpness is ≤ 0", RELATIVE),
+        "sigma_rel": Leaf(N, "noise σ relative to each matrix's RMS", unit=RELATIVE),
         "draws": Leaf("integer", "random directions (each probed as ±u)"),
         "seed": Leaf("integer", "seed"),
         "per_model": {role: _SHARP_MODEL for role in ROLES},
@@ -208,8 +226,10 @@ SCHEMA: dict = {
         "metric": Leaf("string", "gate path"),
         "candidate_metric": Leaf("string", "the candidate's gate path"),
         "label": Leaf("string", "metric"), "sft": Leaf(N, "SFT"),
-        "candidate": Leaf(N, "candidate"), "better": Leaf("string", "better direction"),
-        "improved": Leaf("boolean", "improved"),
+        "candidate": Leaf(N, "candidate"),
+        "better": Leaf("string", "which direction is better: higher or lower"),
+        "improved": Leaf("boolean", "the candidate's value is better than SFT's"),
+        "change": Leaf("string", "the candidate against SFT: better, worse or no change"),
     }},
     "gates": {EACH: {
         "gate": Leaf("string", "gate"),
@@ -250,6 +270,8 @@ CONDITIONS: dict[tuple, Condition | tuple[Condition, ...]] = {
 RUNTIME = {
     ("sharpness",): "skipped when a model is offloaded (see warnings) or --sharpness-draws 0",
     ("units",): "needs a unit map for the architecture",
+    ("weights", "units"): "needs a unit map for the architecture",
+    ("weights", "candidate", "units"): "needs a unit map for the architecture",
 }
 
 

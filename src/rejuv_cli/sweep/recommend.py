@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rejuv_cli.diagnostics.output import share_noise
+from rejuv_cli.report.numbers import shown_at
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ def recommend(rows: list[dict], sft: dict, min_skill: float, prompts: int = 0) -
         best = max((r for r in rows if r.get(skill) is not None), key=lambda r: r[skill])
         return Recommendation(None, skill, plastic, qualifying, (
             f"no surgery: no α keeps {min_skill:g} of SFT's skill ({skill}; the most is "
-            f"{best[skill]:.3f} at α = {best['alpha']:g}); lower --min-skill to accept a larger "
-            "loss"))  # fmt: skip
+            f"{_fmt(skill, best[skill])} at α = {best['alpha']:g}); lower --min-skill to accept "
+            "a larger loss"))  # fmt: skip
     candidates = [r for r in ok if r.get(plastic) is not None]
     if not candidates:
         return Recommendation(
@@ -79,21 +80,26 @@ def recommend(rows: list[dict], sft: dict, min_skill: float, prompts: int = 0) -
     noise = share_noise(best[plastic], sft.get(plastic), prompts) if plastic == \
         "learnable_share" else 0.0  # fmt: skip
     if sft.get(plastic) is not None and not best[plastic] - sft[plastic] > noise:
-        beyond = f" by more than sampling noise ({noise:.3f}, one standard error over " \
-                 f"{prompts} prompts)" if noise else ""  # fmt: skip
+        beyond = f" by more than sampling noise ({_fmt(plastic, noise)}, one standard error " \
+                 f"over {prompts} prompts)" if noise else ""  # fmt: skip
         return Recommendation(None, skill, plastic, qualifying, (
             f"no surgery: the most plastic qualifying α ({best['alpha']:g}, {plastic} "
-            f"{best[plastic]:.3f}) is not more plastic than SFT ({sft[plastic]:.3f})"
-            f"{beyond}"))  # fmt: skip
+            f"{_fmt(plastic, best[plastic])}) is not more plastic than SFT "
+            f"({_fmt(plastic, sft[plastic])}){beyond}"))  # fmt: skip
     return Recommendation(best["alpha"], skill, plastic, qualifying, (
-        f"α = {best['alpha']:g}: keeps {best[skill]:.3f} of SFT's skill ({skill} >= "
+        f"α = {best['alpha']:g}: keeps {_fmt(skill, best[skill])} of SFT's skill ({skill} >= "
         f"{min_skill:g}) with the highest {plastic} among the {len(ok)} qualifying α "
-        f"({best[plastic]:.3f}; SFT {_fmt(sft.get(plastic))})"))  # fmt: skip
+        f"({_fmt(plastic, best[plastic])}; SFT {_fmt(plastic, sft.get(plastic))})"))  # fmt: skip
 
 
 def _measured(rows: list[dict], key: str) -> bool:
     return any(r.get(key) is not None for r in rows)
 
 
-def _fmt(x) -> str:
-    return "not measured" if x is None else f"{x:.3f}"
+def _fmt(key: str, x) -> str:
+    """A value as the sweep table shows it (report/numbers.py; a share as a percentage), with
+    its unit when it is in nats."""
+    if x is None:
+        return "not measured"
+    text = shown_at(("output", key), x)
+    return f"{text} nats" if key == "entropy_mean" else text

@@ -32,7 +32,7 @@ from rejuv_cli.sweep.weights import WorkingModel
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, str], Callable[[int], None]]
 
-# The measures of one row, in table order (JSON keys; labels in report/sweep_console.py).
+# The measures of one row, in table order (JSON keys; labels in report/columns.py).
 OUTPUT_KEYS = ("entropy_mean", "entropy_ratio", "kl_mean", "nll_mean", "skill_retained",
                "p_max_mean", "confident_share")  # fmt: skip
 GENERATION_KEYS = ("accuracy", "accuracy_retained", "pass_at_1", "pass_at_k", "learnable_share",

@@ -207,6 +207,7 @@ def sample_report(candidate: bool = True, weights_only: bool = False) -> dict:
                 "candidate": 0.62,
                 "better": "higher",
                 "improved": True,
+                "change": "better",
             },
             {
                 "metric": "output.nll_mean",
@@ -215,6 +216,7 @@ def sample_report(candidate: bool = True, weights_only: bool = False) -> dict:
                 "candidate": 0.45,
                 "better": "lower",
                 "improved": False,
+                "change": "worse",
             },
         ]
     if weights_only:

@@ -1,6 +1,8 @@
 """Shared pieces of the HTML report: constants, number formatting, escaping, gate-path
 labels and table cells. Every numeric cell can carry its `--fail-on` gate path (`data-path`
-and tooltip)."""
+and tooltip) and is formatted by the kind of quantity it is (report/numbers.py), as in the
+terminal; column heads use the terminal's labels (report/columns.py) and define their term in
+a tooltip (report/terms.py)."""
 
 from __future__ import annotations
 
@@ -8,33 +10,19 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 
-from rejuv_cli.report.paths import format_path
+from rejuv_cli.errors import UsageError
+from rejuv_cli.report.columns import GENERATION_COLS, OUTPUT_COLS, TERM_OF, WEIGHT_COLS
+from rejuv_cli.report.numbers import DASH as DASH  # re-exported for the page modules
+from rejuv_cli.report.numbers import number, shown_at
+from rejuv_cli.report.paths import format_path, parse_path
+from rejuv_cli.report.terms import TERMS, legend
 
 MODULE_ORDER = ("q", "k", "v", "o", "attn", "mlp", "norm", "embed", "router", "other")
-STAT_KEYS = ("rel_drift", "cosine", "msd", "kurtosis", "top_share", "max_over_std")
-OUTPUT_KEYS = (
-    ("entropy_mean", "entropy (nats)"),
-    ("p_max_mean", "p<sub>max</sub>"),
-    ("confident_share", "confident share"),
-    ("nll_mean", "NLL (nats)"),
-    ("skill_retained", "skill retained"),
-    ("kl_mean", "KL to base"),
-    ("entropy_ratio", "entropy ÷ base"),
-    ("tokens", "tokens"),
-)
-GENERATION_KEYS = (
-    ("accuracy", "accuracy"),
-    ("accuracy_retained", "accuracy retained"),
-    ("pass_at_1", "pass@1"),
-    ("pass_at_k", "pass@k"),
-    ("learnable_share", "learnable share"),
-    ("all_wrong_share", "all wrong"),
-    ("all_right_share", "all right"),
-    ("no_answer", "no answer"),
-)
+STAT_KEYS = tuple(key for _, key in WEIGHT_COLS)
+OUTPUT_KEYS = tuple((key, label) for label, key in OUTPUT_COLS)
+GENERATION_KEYS = tuple((key, label) for label, key in GENERATION_COLS)
 TOP_TENSORS = 20
 CELL, LAYER, TENSOR = '["LAYER.MODULE"]', '["LAYER"]', '["TENSOR"]'  # placeholders
-DASH = "–"
 FOOTER = "Verdicts are heuristics: no single metric is a validated predictor of RL gain."
 
 # Sequential light-to-dark ramp (ColorBrewer YlOrRd): luminance falls monotonically with value.
@@ -55,25 +43,9 @@ def _number(x: object) -> float | None:
 
 
 def fmt(x: object) -> str:
-    """4 significant digits for floats, full integers, '–' for None / NaN; text escaped."""
-    if x is None:
-        return DASH
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return DASH
-        if math.isinf(x):
-            return "∞" if x > 0 else "−∞"
-        if x == 0:
-            return "0"
-        text = f"{x:.4g}"
-        if text in ("1", "-1") and abs(x) != 1:  # a cosine of 0.99998 is not 1
-            text = f"{x:.7g}"
-        return text
-    return esc(x)
+    """4 significant digits for floats, full integers, '–' for None / NaN; text escaped
+    (report/numbers.number, as the terminal shows a plain number)."""
+    return esc(number(x))
 
 
 def _tau(key: object) -> str:
@@ -91,12 +63,25 @@ def _finite(x: object) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def shown(x: object, path: Sequence | str | None) -> str:
+    """`x` as the reports show the quantity at gate path `path` (a share as a percentage),
+    escaped; a plain number without a path."""
+    if path is None:
+        return fmt(x)
+    try:
+        keys = parse_path(path) if isinstance(path, str) else tuple(path)
+    except UsageError:  # a path the grammar does not read: shown as a plain number
+        return fmt(x)
+    return esc(shown_at(keys, x))
+
+
 def _num(x: object, cls: str = "num", path: Sequence | None = None) -> str:
-    """A numeric cell; `path` (keys) gives it its gate path as data-path and tooltip."""
+    """A numeric cell; `path` (keys) gives it its gate path as data-path and tooltip, and the
+    format of its kind of quantity."""
     if path is None:
         return f'<td class="{cls}">{fmt(x)}</td>'
     where = esc(path if isinstance(path, str) else format_path(path))
-    return f'<td class="{cls}" data-path="{where}" title="{where}">{fmt(x)}</td>'
+    return f'<td class="{cls}" data-path="{where}" title="{where}">{shown(x, path)}</td>'
 
 
 def _path(path: Sequence | str) -> str:
@@ -105,10 +90,20 @@ def _path(path: Sequence | str) -> str:
     return f'<span class="path">{esc(text)}</span>'
 
 
-def _head(text: str, key: str | Sequence) -> str:
-    """A column head: its label, and under it the key that continues the row's gate path."""
+def _head(text: str, key: str | Sequence, term: str | None = None) -> str:
+    """A column head: its label (plain text; with its term's definition as a tooltip,
+    report/terms.py), and under it the key that continues the row's gate path."""
     keys = (key,) if isinstance(key, str) else tuple(key)
-    return f"{text}<br>{_path(format_path(('_', *keys))[1:])}"
+    term = term or TERM_OF.get(text)
+    label = esc(text)
+    if term in TERMS:
+        label = f'<abbr title="{esc(TERMS[term])}">{label}</abbr>'
+    return f"{label}<br>{_path(format_path(('_', *keys))[1:])}"
+
+
+def _legend(*terms: str) -> str:
+    """The legend under a table: the terms it uses, defined (the terminal prints the same)."""
+    return f'<p class="small muted legend">{esc(legend(*terms))}</p>'
 
 
 def _row_head(name: str, path: Sequence) -> str:

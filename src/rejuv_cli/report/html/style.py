@@ -40,6 +40,9 @@ td.name { word-break: break-all; }
 .better { color: #2b8a3e; font-weight: 600; }
 .worse { color: #c92a2a; font-weight: 600; }
 .same { color: var(--muted); }
+abbr[title] { text-decoration: underline dotted; cursor: help; }
+p.legend { margin: 0 0 12px; max-width: 100ch; }
+p.next { margin-top: 10px; }
 .plots { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 figure { margin: 6px 0 12px; }
 figcaption { color: var(--muted); font-size: 12px; margin-top: 2px; }

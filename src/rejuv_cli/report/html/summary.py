@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from rejuv_cli.report.columns import COMPARISON_TERMS, GENERATION_TERMS, OUTPUT_TERMS
 from rejuv_cli.report.html.bars import entropy_histogram_svg
 from rejuv_cli.report.html.cells import (
-    DASH,
     GENERATION_KEYS,
     OUTPUT_KEYS,
     VERDICT_BG,
     VERDICT_COLORS,
-    _finite,
     _has,
     _head,
+    _legend,
     _num,
     _path,
     _row_head,
     _table,
     esc,
     fmt,
+    shown,
 )
+from rejuv_cli.report.numbers import BETTER, WORSE, change
 from rejuv_cli.report.paths import model_blocks
 
 
@@ -71,7 +73,7 @@ def _verdict_block(v: dict, title: str) -> str:
                     f'<td class="mono">{badge}{esc(r.get("id", ""))}</td>',
                     f'<td class="mono">{esc(r.get("metric", ""))}</td>',
                     _num(r.get("value"), path=r.get("metric") or None),
-                    _num(r.get("threshold")),
+                    f'<td class="num">{shown(r.get("threshold"), r.get("metric") or None)}</td>',
                     f"<td>{esc(r.get('message', ''))}</td>",
                 )
             )
@@ -81,7 +83,14 @@ def _verdict_block(v: dict, title: str) -> str:
         out.append("<p>No heuristic fired.</p>")
     cmd = v.get("suggested_command")
     if cmd:
-        out.append(f'<p class="small muted">Suggested next step:</p><pre>{esc(cmd)}</pre>')
+        from rejuv_cli.diagnostics.verdict import next_step
+
+        why = next_step(label)
+        if label == "ok":  # the step is RL as it is; the command (a CI gate) is optional
+            out.append(f'<p class="next">Next step: {esc(why)}:</p><pre>{esc(cmd)}</pre>')
+        else:
+            out.append(f'<p class="next">Suggested next step ({esc(why)}):</p>'
+                       f"<pre>{esc(cmd)}</pre>")  # fmt: skip
     out.append("</section>")
     return "".join(out)
 
@@ -102,15 +111,9 @@ def _comparison(report: dict) -> str:
         return ""
     rows = []
     for c in comp:
-        s, cand = _finite(c.get("sft")), _finite(c.get("candidate"))
-        arrow = DASH if s is None or cand is None else "↑" if cand > s else "↓" if cand < s else "="
-        improved = c.get("improved")
-        if improved is True:
-            mark = '<span class="better">✓ improved</span>'
-        elif improved is False and arrow not in ("=", DASH):
-            mark = '<span class="worse">✗ worse</span>'
-        else:
-            mark = '<span class="same">no change</span>'
+        # the terminal's words for the same thresholds (report/numbers.change)
+        verdict = c.get("change") or change(c.get("sft"), c.get("candidate"), c.get("better"))
+        cls = {BETTER: "better", WORSE: "worse"}.get(verdict, "same")
         label = c.get("label") or c.get("metric", "")
         after = c.get("candidate_metric")
         rows.append(
@@ -120,20 +123,23 @@ def _comparison(report: dict) -> str:
                 + "</td>",
                 _num(c.get("sft"), path=c.get("metric") or None),
                 _num(c.get("candidate"), path=after),
-                f'<td class="num">{arrow}</td>',
                 f"<td>{esc(c.get('better') or '')} is better</td>",
-                f"<td>{mark}</td>",
+                f'<td><span class="{cls}">{esc(verdict)}</span></td>',
             )
         )
-    head = ["metric", "SFT", "candidate", "change", "direction", ""]
-    return "<h2>Before / after: SFT vs candidate</h2>" + _table(head, rows, "wide comparison")
+    head = ["metric · gate paths (SFT; candidate)", "SFT", "candidate", "direction", "change"]
+    return (
+        "<h2>Before / after: SFT vs candidate</h2>"
+        + _table(head, rows, "wide comparison")
+        + _legend(*COMPARISON_TERMS)
+    )
 
 
 def _generation(output: dict, gen: dict) -> str:
     """--generate: accuracy and RL-readiness per model, each cell with its gate path."""
     rows = []
     for name, path, d in model_blocks("output", output):
-        if d and "accuracy" in d:
+        if d and d.get("accuracy") is not None:
             rows.append([_row_head(name, path)] + [
                 _num(d.get(k), path=(*path, k)) for k, _ in GENERATION_KEYS])  # fmt: skip
     head = ["model · gate path"] + [_head(h, k) for k, h in GENERATION_KEYS]
@@ -143,7 +149,9 @@ def _generation(output: dict, gen: dict) -> str:
         f"accuracy, and pass@1, pass@k and the learnable share (prompts whose samples have "
         f"mixed outcomes: the groups that give GRPO a non-zero advantage) from "
         f"k = {fmt(gen.get('group_size'))} samples at temperature 1, answers checked by the "
-        f"{esc(gen.get('checker'))} checker.</p>" + _table(head, rows, "wide output")
+        f"{esc(gen.get('checker'))} checker.</p>"
+        + _table(head, rows, "wide output")
+        + _legend(*GENERATION_TERMS)
     )
 
 
@@ -173,7 +181,8 @@ def _output(report: dict) -> str:
         )
     head = ["model · gate path"] + [_head(h, k) for k, h in OUTPUT_KEYS]
     out.append(_table(head, rows, "wide output"))
-    if "accuracy" in output:
+    out.append(_legend(*OUTPUT_TERMS))
+    if inputs.get("generation") is not None or output.get("accuracy") is not None:
         out.append(_generation(output, inputs.get("generation") or {}))
     svg = entropy_histogram_svg(output)
     if svg:

@@ -8,10 +8,11 @@ references, the recommended α ringed, the --min-skill threshold as a dashed lin
 
 from __future__ import annotations
 
-from rejuv_cli.report.html.cells import DASH, SERIES_COLORS, _finite, _table, esc, fmt
+from rejuv_cli.report.columns import SWEEP_TERMS, sweep_columns, sweep_legend, sweep_rows
+from rejuv_cli.report.html.cells import SERIES_COLORS, _finite, _table, esc, fmt, shown
 from rejuv_cli.report.html.charts import _svg_open, _tick, nice_ticks
 from rejuv_cli.report.html.style import CSS
-from rejuv_cli.report.sweep_console import columns, sweep_rows
+from rejuv_cli.report.terms import NO_SURGERY_NEXT, TERMS
 
 RECOMMENDED = "#2b8a3e"
 HTML_HEADS = {"entropy_mean": "entropy", "kl_mean": "KL to BASE", "skill_retained": "skill kept",
@@ -31,15 +32,20 @@ def render_sweep_html(report: dict) -> str:
             ("response tokens", inputs.get("response_tokens")),
             ("device", inputs.get("device"))]  # fmt: skip
     header = "".join(f'<tr><th>{esc(k)}</th><td class="mono">{fmt(v)}</td></tr>' for k, v in head)
-    cols = [(k, HTML_HEADS.get(k, h)) for k, h in columns(report)]
+    short = sweep_columns(report)
+    cols = [(k, HTML_HEADS.get(k, h)) for k, h in short]
     rows = []
     for label, row in sweep_rows(report):
         chosen = row.get("alpha") is not None and row["alpha"] == rec.get("alpha")
         cells = [f"<th>{esc(label)}{' ◀' if chosen else ''}</th>"]
-        cells += [f'<td class="num">{fmt(row.get(k)) if row.get(k) is not None else DASH}</td>'
-                  for k, _ in cols]  # fmt: skip
+        cells += [f'<td class="num">{shown(row.get(k), ("output", k))}</td>' for k, _ in cols]
         rows.append(cells)
-    table = _table(["model", *(esc(h) for _, h in cols)], rows)
+    heads = []
+    for (_, head), (_, abbr) in zip(cols, short, strict=True):
+        term = SWEEP_TERMS.get(abbr)
+        heads.append(f'<abbr title="{esc(TERMS[term])}">{esc(head)}</abbr>' if term else esc(head))
+    legend = sweep_legend(short, dict(cols))
+    table = _table(["model", *heads], rows) + f'<p class="small muted legend">{esc(legend)}</p>'
     command = rec.get("fuse_command")
     parts = [
         "<!DOCTYPE html>",
@@ -49,7 +55,11 @@ def render_sweep_html(report: dict) -> str:
         f"<style>{CSS}</style></head><body><main>",
         f'<h1>rejuv sweep</h1><table class="kv">{header}</table>',
         f"<section><h2>Recommendation</h2><p>{esc(rec.get('reason') or '')}</p>"
-        + (f'<pre class="mono">{esc(command)}</pre>' if command else "")
+        + (
+            f'<p class="next">Next step:</p><pre class="mono">{esc(command)}</pre>'
+            if command
+            else f'<p class="next">Next step: {esc(NO_SURGERY_NEXT)}.</p>'
+        )
         + "<p>The rule is a heuristic (README, “Choosing α”); it has not yet been tested against "
         "RL outcomes.</p></section>",
         f"<section><h2>Trade-off</h2>{plots}</section>",

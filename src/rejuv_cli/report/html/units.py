@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rejuv_cli.report.columns import UNIT_TERMS, dormant_label
 from rejuv_cli.report.html.cells import (
     _head,
+    _legend,
     _module_rank,
     _num,
     _path,
@@ -41,13 +43,15 @@ def _units(report: dict) -> str:
             + [_num(dormant(d.get("dormant"), t), path=(*path, "dormant", keys[t])) for t in taus]
             + [_num(d.get("saturated"), path=(*path, "saturated"))]
         )
-    head = [_head(f"dormant τ={t}", ("dormant", keys[t])) for t in taus]
+    head = [_head(dormant_label(t), ("dormant", keys[t]), "dormant ≤τ") for t in taus]
     head += [_head("saturated", "saturated")]
     out.append(
-        '<p class="muted small">Share of units whose normalised mean activation is below τ '
-        "(dormant) or pinned at saturation, on the calibration set.</p>"
+        '<p class="muted small">Share of units whose ReDo score (mean |activation| relative to '
+        "their module's units) is at most τ (dormant), or that are busy and steady "
+        "(saturated), on the calibration set.</p>"
     )
     out.append(_table(["model · gate path", *head], rows, "units-summary"))
+    out.append(_legend(*UNIT_TERMS))
     layers = units.get("layers") or []
     if layers:
         pkeys = ("p1", "p5", "p50", "p95", "p99")
@@ -73,7 +77,7 @@ def _units(report: dict) -> str:
                 + [_num(r.get("saturated"), path=(*at, "saturated"))]
                 + [_num(pct.get(k), path=(*at, "percentiles", k)) for k in pkeys]
             )
-        phead = [_head(k, ("percentiles", k)) for k in pkeys]
+        phead = [_head(f"ReDo {k}", ("percentiles", k), "ReDo") for k in pkeys]
         table = _table(
             ["gate path", "layer", "module", _head("units", "units"), *head, *phead],
             lrows,
@@ -82,7 +86,7 @@ def _units(report: dict) -> str:
         opened = " open" if len(lrows) <= 48 else ""
         out.append(
             f"<details{opened}><summary>Per layer × module (SFT), {len(lrows)} rows; "
-            "percentiles of the normalised activation</summary>" + table + "</details>"
+            "percentiles of the ReDo score</summary>" + table + "</details>"
         )
     return "".join(out)
 
@@ -91,9 +95,9 @@ def _sharpness(report: dict) -> str:
     s = report.get("sharpness")
     if not s:
         return ""
-    keys = [("SFT", "sft"), ("base", "base"), ("ratio SFT ÷ base", "ratio")]
+    keys = [("SFT (nats)", "sft"), ("base (nats)", "base"), ("ratio SFT ÷ base", "ratio")]
     if s.get("candidate") is not None:
-        keys += [("candidate", "candidate"), ("ratio candidate ÷ base", "candidate_ratio")]
+        keys += [("candidate (nats)", "candidate"), ("ratio candidate ÷ base", "candidate_ratio")]
     keys += [("σ (relative)", "sigma_rel"), ("draws (each ±u)", "draws"), ("seed", "seed")]
     nulls = report.get("null_reasons") or {}
     body = "".join(
@@ -109,8 +113,9 @@ def _sharpness(report: dict) -> str:
     ]
     return (
         "<h2>Sharpness</h2>"
-        '<p class="muted small">Mean loss increase under random relative weight perturbations, '
-        "each direction u probed both ways: (L(θ+u) + L(θ−u))/2 − L(θ) (higher = sharper "
-        "minimum).</p>"
+        '<p class="muted small">Mean rise of the calibration NLL (nats/token) under random '
+        "relative weight perturbations, each direction u probed both ways: "
+        "(L(θ+u) + L(θ−u))/2 − L(θ) (higher = sharper minimum); the ratios are over BASE's "
+        "(relative).</p>"
         f'<table class="kv sharpness">{body}</table>' + "".join(why)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rejuv_cli.report.columns import UNIT_DRIFT_COLS, UNIT_DRIFT_TERMS, WEIGHT_COLS, WEIGHT_TERMS
 from rejuv_cli.report.html.bars import bar_chart_svg
 from rejuv_cli.report.html.cells import (
     CELL,
@@ -14,16 +15,18 @@ from rejuv_cli.report.html.cells import (
     TOP_TENSORS,
     _finite,
     _head,
+    _legend,
     _module_rank,
     _num,
     _path,
     _row_head,
     _table,
     esc,
-    fmt,
+    shown,
 )
 from rejuv_cli.report.html.charts import ColorScale, _layer_cells, _module_columns, heatmap_svg
-from rejuv_cli.report.schema import label as schema_label
+
+LABELS = {key: label for label, key in WEIGHT_COLS}
 
 
 def _weights(report: dict) -> str:
@@ -43,14 +46,15 @@ def _weights(report: dict) -> str:
         for name, d, path in overall
     ]
     head = ["overall vs base · gate path"]
-    head += [_head(esc(schema_label("weights", "overall", k) or k), k) for k in STAT_KEYS]
+    head += [_head(LABELS[k], k) for k in STAT_KEYS]
     out.append(_table(head, rows, "overall"))
+    out.append(_legend(*WEIGHT_TERMS))
     if w.get("drift_max_tensor"):
         out.append(
             f'<p class="small">Largest relative drift: <span class="mono">'
             f"{esc(w['drift_max_tensor'])}</span> {_path('weights.drift_max_tensor')} "
-            f'(<span data-path="weights.drift_max">{fmt(w.get("drift_max"))}</span> '
-            f"{_path('weights.drift_max')}).</p>"
+            f'(<span data-path="weights.drift_max">{shown(w.get("drift_max"), "weights.drift_max")}'
+            f"</span>, relative {_path('weights.drift_max')}).</p>"
         )
     # heatmaps, sharing one colour scale
     cells = _layer_cells(w.get("layer_modules"))
@@ -121,15 +125,16 @@ def _weights(report: dict) -> str:
     # per-module unit drift
     units = w.get("units")
     if units:
-        keys = ("count", "p50", "p90", "p99", "max")
         rows = [
             [f'<td class="mono">{esc(m)}<br>{_path(("weights", "units", m))}</td>']
-            + [_num(u.get(k), path=("weights", "units", m, k)) for k in keys]
+            + [_num(u.get(k), path=("weights", "units", m, k)) for _, k in UNIT_DRIFT_COLS]
             for m, u in sorted(units.items(), key=lambda kv: _module_rank(kv[0]))
         ]
-        out.append("<h3>Per-unit drift by module kind</h3>")
-        head = ["module · gate path"] + [_head("units" if k == "count" else k, k) for k in keys]
+        out.append("<h3>Per-unit drift score s<sub>j</sub> by module kind</h3>")
+        head = ["module · gate path"]
+        head += [_head(label, k, "s_j" if k != "count" else None) for label, k in UNIT_DRIFT_COLS]
         out.append(_table(head, rows, "unit-drift"))
+        out.append(_legend(*UNIT_DRIFT_TERMS))
     out.append(_top_tensors(w, cand))
     return "".join(out)
 
@@ -159,7 +164,7 @@ def _top_tensors(w: dict, cand: dict | None) -> str:
             where = ("weights", "candidate", "tensors", name, "rel_drift")
             row.append(_num((ct.get(name) or {}).get("rel_drift"), path=where))
         rows.append(row)
-    head = ["#", "tensor", _head("numel", "numel"), *(_head(k, k) for k in cols)]
+    head = ["#", "tensor", _head("elements", "numel"), *(_head(LABELS[k], k) for k in cols)]
     if ct:
         head.append(f"candidate rel_drift<br>{_path(f'weights.candidate.tensors{TENSOR}')}")
     n = min(TOP_TENSORS, len(tensors))

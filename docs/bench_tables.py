@@ -1,0 +1,305 @@
+"""The README's benchmark figures, generated from the recorded results (`make bench`, `make docs`).
+
+Each block sits between `<!-- bench: NAME -->` and `<!-- /bench -->` in README.md and is
+written from bench/results/NAME_bench.json alone (no benchmark runs here):
+
+  fuse   the fuse table (fusion, fusion + reset, the I/O floor, the naive script), the targets,
+         the correctness check, start-up and the tools' own timers (bench/fuse_bench.py)
+  sweep  `rejuv sweep` against the separate fuse + diagnose runs: wall time, peak RSS, ratio,
+         agreement (bench/sweep_bench.py)
+
+Every block opens with one line naming the commit, the date and the machine the figures were
+measured on (the results' `provenance`, bench/provenance.py), in bold when the tree had
+uncommitted changes. Results written before `provenance` existed fall back to their older
+`machine.git` (`dd26e57-dirty`) and `date`; what is missing reads "commit unknown" / "date
+unknown". tests/test_bench_readme.py fails when the README's blocks differ from what this
+script writes, so a figure cannot drift from its result file.
+
+    python docs/bench_tables.py            # rewrite the blocks in README.md
+    python docs/bench_tables.py --check    # exit 1 and show the first difference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "bench" / "results"
+WIDTH = 95  # as docs/usage.py
+BLOCK = re.compile(r"(<!-- bench: (\S+) -->\n)(.*?)(<!-- /bench -->)", re.S)
+SOURCES = {"fuse": "fuse_bench.json", "sweep": "sweep_bench.json"}
+FUSE_LABELS = {
+    "rejuv": "`rejuv fuse --reset 0` (fusion)",
+    "reset": "`rejuv fuse` (fusion + 1% reset)",
+    "floor": "I/O floor (`bench/io_floor.py`)",
+    "naive": "naive transformers script (`bench/naive_fuse.py`)",
+}
+FUSE_WHO = {"rejuv": "fusion", "reset": "fusion + reset"}
+DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+AGREEMENT_LIMIT = 1e-5  # sweep_bench.py's limit on the largest relative difference
+
+
+# Spaces a line must not break at: after ≤, and between a number and its unit.
+KEEP = re.compile(r"(?<=[≤≥]) (?=\S)|(?<=\d) (?=(?:s|MB|GB|GiB)\b)")
+
+
+def _fill(text: str) -> str:
+    """A paragraph wrapped at WIDTH, never between a number and its unit or after ≤."""
+    glued = KEEP.sub("\0", text)
+    wrapped = textwrap.fill(glued, WIDTH, break_long_words=False, break_on_hyphens=False)
+    return wrapped.replace("\0", " ")
+
+
+# -- provenance ------------------------------------------------------------------------------
+
+
+def provenance_of(result: dict) -> dict:
+    """The result's `provenance`, or what an older result file says instead."""
+    if result.get("provenance"):
+        return result["provenance"]
+    old = result.get("machine") or {}
+    git = re.fullmatch(r"([0-9a-f]{7,40})(-dirty)?", old.get("git") or "")
+    gb = old.get("mem_total_gb")
+    return {
+        "date": result.get("date"),
+        "commit_short": git.group(1)[:7] if git else None,
+        "dirty": bool(git.group(2)) if git else None,
+        "machine": {
+            "cpu": old.get("cpu"),
+            "cpu_count": old.get("cpu_count"),
+            "cpus_usable": old.get("nproc"),
+            "mem_total_bytes": gb * 1e9 if gb else None,
+            "system": (old.get("platform") or "").split("-")[0] or None,
+            "python": old.get("python"),
+            "torch": old.get("torch"),
+        },
+    }
+
+
+def machine_summary(m: dict) -> str:
+    """`AMD EPYC, 2 cores, 23.6 GiB RAM, no GPU, Linux, Python 3.11.7, torch 2.13.0+cpu`."""
+    parts = [m.get("cpu") or "unknown CPU"]
+    usable, count = m.get("cpus_usable"), m.get("cpu_count")
+    if usable and count and usable != count:
+        parts.append(f"{usable} of {count} cores")
+    elif usable or count:
+        parts.append(f"{usable or count} cores")
+    if m.get("mem_total_bytes"):
+        parts.append(f"{m['mem_total_bytes'] / 2**30:.1f} GiB RAM")
+    gpus = m.get("gpus")
+    if gpus is not None:  # unknown in older results
+        parts.append(", ".join(gpus) if gpus else "no GPU")
+    parts += [m[k] for k in ("system",) if m.get(k)]
+    parts += [f"Python {m['python']}"] if m.get("python") else []
+    parts += [f"torch {m['torch']}"] if m.get("torch") else []
+    return ", ".join(parts)
+
+
+def provenance_line(result: dict) -> str:
+    """`Measured at commit abc1234 (2026-12-03) on <machine>; `make bench` regenerates this.`"""
+    p = provenance_of(result)
+    commit = f"commit {p['commit_short']}" if p.get("commit_short") else "commit unknown"
+    if p.get("dirty"):
+        commit += " **with uncommitted changes**"
+    date = (p.get("date") or "")[:10] or "date unknown"
+    return (
+        f"Measured at {commit} ({date}) on {machine_summary(p.get('machine') or {})}; "
+        "`make bench` regenerates this."
+    )
+
+
+# -- blocks ----------------------------------------------------------------------------------
+
+
+def _fuse_targets(targets: list[dict]) -> str:
+    parts, rss = [], []
+    for t in targets:
+        key, _, kind = t["name"].partition(" ")
+        if kind == "wall / floor" and key in FUSE_WHO:
+            parts.append(f"{FUSE_WHO[key]} ≤ {t['limit']:g}× the floor ({t['value']:.2f}×)")
+        elif kind == "peak RSS / naive":
+            rss.append(t)
+        else:
+            parts.append(f"{t['name']} ≤ {t['limit']:g} ({t['value']:.2f})")
+    if rss and len({t["limit"] for t in rss}) == 1:
+        values = " and ".join(f"{t['value']:.0%}" for t in rss)
+        parts.append(f"peak RSS ≤ {rss[0]['limit']:.0%} of the naive script's ({values})")
+    else:
+        parts += [f"{t['name']} ≤ {t['limit']:.0%} ({t['value']:.0%})" for t in rss]
+    failed = [t["name"] for t in targets if not t["passed"]]
+    verdict = "all pass" if not failed else "FAILED: " + ", ".join(failed)
+    return f"Targets: {', '.join(parts)}; {verdict}"
+
+
+def fuse_block(r: dict) -> str:
+    cases, pair, repeats = r["cases"], r["pair"], r["repeats"]
+    command = (r.get("provenance") or {}).get("command")
+    setup = (
+        f"A {pair['parameters'] / 1e6:.1f}M-parameter {DTYPES.get(pair['dtype'], pair['dtype'])} "
+        f"pair in {pair['base_shards']} shards per model "
+        f"({pair['base_weight_bytes'] / 1e6:,.0f} MB each), warm page cache, "
+        f"{repeats} run{'s' if repeats != 1 else ''} of each case"
+        + (f" (`{command}`)" if command else "")
+        + ":"
+    )
+    floor_wall, naive_rss = cases["floor"]["wall_s_median"], cases["naive"]["peak_rss_bytes"]
+    table = [
+        f"| case | wall s (median of {repeats}) | peak RSS MB | wall / floor | RSS / naive |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in FUSE_LABELS.items():
+        c = cases[key]
+        table.append(
+            f"| {label} | {c['wall_s_median']:.2f} | {c['peak_rss_bytes'] / 1e6:,.0f} | "
+            f"{c['wall_s_median'] / floor_wall:.2f}× | {c['peak_rss_bytes'] / naive_rss:.0%} |"
+        )
+    checks = _fuse_targets(r["targets"])
+    runs = cases["floor"].get("wall_s_runs") or []
+    if len(runs) > 1:
+        checks += f" (single runs of the floor ranged {min(runs):.2f}–{max(runs):.2f} s)"
+    checks += "."
+    same = r.get("correctness")
+    if same is None:
+        checks += " The outputs were not compared (a run failed)."
+    elif same["bit_identical"] == same["tensors_compared"] and not (
+        same["only_in_rejuv"] or same["only_in_naive"]
+    ):
+        checks += (
+            " The fusion-only output is bit-identical to the naive script's for all "
+            f"{same['tensors_compared']} tensors."
+        )
+    else:
+        checks += (
+            f" The fusion-only output equals the naive script's bit for bit in "
+            f"{same['bit_identical']} of {same['tensors_compared']} tensors (largest "
+            f"|difference| {same['max_abs_diff']:.3g})."
+        )
+    start = r["startup"]
+    timers = (
+        f"Every row includes {start['wall_s_median']:.2f} s of interpreter and torch start-up "
+        f"(`python -c 'import torch'`; {start['peak_rss_bytes'] / 1e6:,.0f} MB of the RSS)."
+    )
+    own, floor_own = r.get("internal_seconds") or {}, r.get("floor_internal_seconds")
+    if floor_own and own.get("rejuv") and own.get("reset"):
+        fusion, reset = own["rejuv"]["total"], own["reset"]["total"]
+        timers += (
+            " The streaming work alone, by each tool's own timer (last run), is "
+            f"{fusion:.2f} s for fusion and {reset:.2f} s for fusion + reset "
+            f"({own['reset'].get('score', 0):.2f} s of it the scoring pass) against "
+            f"{floor_own:.2f} s for the floor: {fusion / floor_own:.2f}× and "
+            f"{reset / floor_own:.2f}×."
+        )
+    return "\n\n".join(
+        [provenance_line(r), _fill(setup), "\n".join(table), _fill(checks), _fill(timers)]
+    )
+
+
+def sweep_block(r: dict) -> str:
+    alphas, rounds = r["alphas"], r["rounds"]
+    setup = (
+        f"{len(alphas)} α ({', '.join(f'{a:g}' for a in alphas)}), `builtin:math` × "
+        f"{r['samples']}, the default reset, median of {rounds} round{'s' if rounds != 1 else ''}:"
+    )
+    sweep, separate = r["sweep"], r["separate"]
+    table = "\n".join(
+        [
+            "| case | wall s | peak RSS GiB |",
+            "|---|---:|---:|",
+            f"| `rejuv sweep` (1 process) | {sweep['wall_s']:.1f} | {sweep['peak_rss_gib']:.2f} |",
+            f"| `rejuv fuse` + `rejuv diagnose --candidate` per α ({2 * len(alphas)} processes; "
+            f"the largest one's RSS) | {separate['wall_s']:.1f} | "
+            f"{separate['peak_rss_gib']:.2f} |",
+        ]
+    )
+    ratio, target = r["ratio"], r["target"]
+    limit = r.get("max_rel_diff_limit", AGREEMENT_LIMIT)
+    diff = r["max_rel_diff"]
+    result = (
+        f"Ratio sweep / separate: {ratio:.2f} (target ≤ {target:g}; "
+        f"{'pass' if ratio <= target else 'FAIL'}). "
+    )
+    if diff == 0:
+        result += (
+            "The sweep's rows equal the separate diagnose reports exactly (largest relative "
+            "difference 0)."
+        )
+    else:
+        result += (
+            f"The sweep's rows agree with the separate diagnose reports to {diff:.1e} relative "
+            f"(limit {limit:g}; {'pass' if diff <= limit else 'FAIL'})."
+        )
+    return "\n\n".join([provenance_line(r), _fill(setup), table, _fill(result)])
+
+
+BLOCKS = {"fuse": fuse_block, "sweep": sweep_block}
+
+
+# -- the README ------------------------------------------------------------------------------
+
+
+def load(results: Path = RESULTS) -> dict[str, dict]:
+    """The result files that exist, by block name."""
+    return {
+        name: json.loads((results / file).read_text())
+        for name, file in SOURCES.items()
+        if (results / file).is_file()
+    }
+
+
+def blocks(readme: str) -> list[str]:
+    """The names of the bench blocks in the README, in order."""
+    return [m.group(2) for m in BLOCK.finditer(readme)]
+
+
+def render(readme: str, results: dict[str, dict]) -> str:
+    """README text with every bench block rewritten from `results` (block name -> result)."""
+
+    def block(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in BLOCKS:
+            raise SystemExit(f"README.md: bench block for unknown benchmark {name!r}")
+        if name not in results:
+            raise SystemExit(
+                f"README.md: bench block {name!r} needs bench/results/{SOURCES[name]}; "
+                "run `make bench`"
+            )
+        return m.group(1) + BLOCKS[name](results[name]) + "\n" + m.group(4)
+
+    return BLOCK.sub(block, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    new = render(text, load(args.results))
+    if args.check:
+        if new == text:
+            return 0
+        import difflib
+
+        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md",
+                                    "generated", lineterm="", n=1)  # fmt: skip
+        print("\n".join(list(diff)[:40]), file=sys.stderr)
+        print(
+            "README.md: bench blocks differ from bench/results/*.json; run "
+            "`python docs/bench_tables.py` (make docs)",
+            file=sys.stderr,
+        )
+        return 1
+    if new != text:
+        args.readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
