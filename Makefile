@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all test-browser lint format demo bench handoff clean \
-	test-gpu bench-gpu digests bench-compare docs
+	test-gpu bench-gpu digests bench-compare docs handoff-full
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,8 +73,11 @@ $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	touch $@
 
-handoff: $(VENV)/.bench  ## toy SFT->RL experiment (round two), <= 60 min on 2 CPU cores -> bench/handoff/results/
+handoff: $(VENV)/.bench  ## toy SFT->RL experiment (round two, the 60-min grid) -> bench/handoff/results/
 	$(BIN)/python bench/handoff/run.py
+
+handoff-full: $(VENV)/.bench  ## round two's full pre-registered grid (the committed results; ~70 min idle)
+	$(BIN)/python bench/handoff/run.py --full
 
 clean:
 	rm -rf .demo .bench .handoff build dist src/*.egg-info

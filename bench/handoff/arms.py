@@ -40,10 +40,13 @@ def choose_checkpoints(val_acc: dict[int, float], n: int) -> dict[str, int]:
     return {"over": epochs[-1], "improving": improving, "early": early}
 
 
-def arm_flags(alpha_rec: float | None, calib: str) -> dict[str, list[str]]:
+def arm_flags(
+    alpha_rec: float | None, calib: str, attribution: bool = True
+) -> dict[str, list[str]]:
     """Arm name -> the `rejuv fuse` flags that make it from a checkpoint. `alpha_rec`: the α
     `rejuv sweep` recommends for that checkpoint (None: no surgery, so its arms are the
-    checkpoint itself and are not made again)."""
+    checkpoint itself and are not made again). `attribution`: also the recommended α with
+    `--select attribution` (the first arm the 60-minute budget drops)."""
     arms: dict[str, list[str]] = {}
     for a in ALPHAS:
         arms[f"fuse-a{a:g}"] = ["--alpha", f"{a:g}", "--reset", "0"]
@@ -52,6 +55,7 @@ def arm_flags(alpha_rec: float | None, calib: str) -> dict[str, list[str]]:
         a = f"{alpha_rec:g}"
         arms["sweep-fuse"] = ["--alpha", a, "--reset", "0"]
         arms["sweep-rejuv"] = ["--alpha", a]
-        arms["sweep-attribution"] = ["--alpha", a, "--select", "attribution", "--calib", calib,
-                                     "--samples", "128"]  # fmt: skip
+        if attribution:
+            arms["sweep-attribution"] = ["--alpha", a, "--select", "attribution", "--calib",
+                                         calib, "--samples", "128"]  # fmt: skip
     return arms

@@ -133,6 +133,9 @@ def test_arm_flags():
     assert flags["rejuv-a0.5"] == ["--alpha", "0.5"]
     assert flags["sweep-attribution"][:4] == ["--alpha", "0.8", "--select", "attribution"]
     assert len(flags) == 9 and len(arms.arm_flags(None, "c.jsonl")) == 6
+    assert set(flags) - set(arms.arm_flags(0.8, "c.jsonl", attribution=False)) == {
+        "sweep-attribution"
+    }
 
 
 def test_paired_differences_and_spearman():
