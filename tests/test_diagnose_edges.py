@@ -30,7 +30,9 @@ from rejuv_cli.report.schema import (
 
 DEMO = Path(__file__).resolve().parents[1] / "bench" / "handoff" / "demo"
 BASE, SFT, CALIB = DEMO / "base", DEMO / "sft", DEMO / "calib.jsonl"
-QUICK = ("--samples", "32", "--sharpness-draws", "2")
+# σ 0.05: at the default 0.02 the over-trained demo BASE sits at a minimum of the calibration
+# loss (sharpness −0.0003 with 2 draws), which leaves the ratio undefined
+QUICK = ("--samples", "32", "--sharpness-draws", "2", "--sharpness-sigma", "0.05")
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -170,7 +172,7 @@ def test_printed_next_command_measures_the_same_way(tmp_path, monkeypatch):
     r = run_cli("diagnose", BASE, SFT, "--calib", CALIB, *QUICK, "--json", "first.json")
     assert r.exit_code == 0, r.output
     first = read_json(tmp_path / "first.json")
-    assert first["verdict"]["label"] == "watch"
+    assert first["verdict"]["label"] == "rigid"  # the over-trained demo SFT
     command = first["verdict"]["suggested_command"]
     assert f"--calib {CALIB} --samples 32" in command and "--sharpness" not in command
     assert f"next: {command}" in " ".join(r.stderr.split())

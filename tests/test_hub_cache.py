@@ -181,6 +181,10 @@ def test_diagnose_hub_ids_measure_what_the_plain_directories_do(hub, plain):
         assert (
             w["overall"]["rel_drift"] > 0.01 and w["drift_max_tensor"] == w_ref["drift_max_tensor"]
         )
+        # The suggested command names the inputs as given: Hub ids here, paths there.
+        command = ours["verdict"].pop("suggested_command")
+        assert command.startswith(f"rejuv diagnose {BASE} {SFT} ")
+        assert ref["verdict"].pop("suggested_command").startswith("rejuv diagnose /")
         for section in ("weights", "output", "units", "sharpness", "verdict"):
             assert_close(ours[section], ref[section], section)
         assert ours["inputs"]["models"]["sft"]["repo_id"] == SFT

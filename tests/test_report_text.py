@@ -116,8 +116,9 @@ def test_html_uses_the_same_formats_words_and_terms(report):
 
 
 def test_html_next_step_for_an_ok_verdict(report):
-    from rejuv_cli.diagnostics.verdict import next_step, suggested_command
+    from rejuv_cli.diagnostics.verdict import suggested_command
     from rejuv_cli.report.html import render_html
+    from rejuv_cli.report.terms import next_step
 
     ok = copy.deepcopy(report)
     command = suggested_command("ok", "b", "s", diagnose_flags=["--samples", "8"])

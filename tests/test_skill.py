@@ -23,9 +23,11 @@ PATH = "output.candidate.skill_retained"
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    """The demo SFT fused at α = 0.5 with the default reset (1% of units, drift), as make demo."""
+    """The demo SFT fused at α = 0.3 with the default reset (1% of units, drift): its largest
+    tensor drift (0.3 × SFT's 1.55) stays under the large_drift threshold, so low_skill is the
+    only candidate rule that fires."""
     out = tmp_path_factory.mktemp("skill") / "fused"
-    r = run_cli("fuse", BASE, SFT, "--out", out, "--alpha", "0.5", "-q")
+    r = run_cli("fuse", BASE, SFT, "--out", out, "--alpha", "0.3", "-q")
     assert r.exit_code == 0, r.output
     return out
 
@@ -44,8 +46,8 @@ def test_skill_retained_is_the_nll_gain_ratio(report):
     assert o["candidate"]["skill_retained"] == pytest.approx((base - cand) / (base - sft),
                                                              rel=1e-12)  # fmt: skip
     assert o["skill_retained"] == 1.0 and o["base"]["skill_retained"] == 0.0
-    # the candidate lost a good part of it (0.73 at these settings)
-    assert 0.5 < o["candidate"]["skill_retained"] < 0.9
+    # the candidate lost most of it (0.27 over 128 examples in make demo's sweep)
+    assert 0.15 < o["candidate"]["skill_retained"] < 0.5
     assert not any("skill_retained" in k for k in report["null_reasons"])
     row = next(r for r in report["comparison"] if r["candidate_metric"] == PATH)
     assert row["metric"] == "output.skill_retained" and row["better"] == "higher"
@@ -82,11 +84,11 @@ def test_low_skill_makes_the_candidate_watch(report):
 
 
 def test_min_skill_moves_the_threshold_and_gate_exits_3(fused):
-    r = run_cli("diagnose", BASE, SFT, "--candidate", fused, *QUICK, "--min-skill", "0.5",
+    r = run_cli("diagnose", BASE, SFT, "--candidate", fused, *QUICK, "--min-skill", "0.15",
                 "--json", "-", "--fail-on", f"{PATH}<0.9")  # fmt: skip
     assert r.exit_code == 3, r.output
     report = json.loads(r.stdout)
-    assert report["verdict"]["candidate"]["label"] == "ok"  # 0.73 keeps more than half
+    assert report["verdict"]["candidate"]["label"] == "ok"  # it keeps more than 0.15
     assert report["gates"][0]["tripped"] is True
     assert f"gate tripped: {PATH}<0.9" in r.stderr
 

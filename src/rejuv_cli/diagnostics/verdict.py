@@ -104,7 +104,7 @@ def suggested_command(
     sweep_flags: Sequence[str] = (),
     diagnose_flags: Sequence[str] = (),
 ) -> str:
-    """The command to run next (`next_step` says why).
+    """The command to run next (`report.terms.next_step` says why).
 
     `watch` or `rigid`: the `rejuv sweep` line that measures the fusion at several α on the
     same data, recommends one (or no surgery) and writes that candidate. `ok`: SFT goes to RL
@@ -123,24 +123,6 @@ def suggested_command(
     words = ["rejuv", "sweep", base, sft, *sweep_flags, "--out", f"{stem}-rejuv",
              "--html", f"{stem}-sweep.html"]  # fmt: skip
     return shlex.join(words)
-
-
-_SWEEP_WHY = (
-    "it measures the fusion with BASE at several α on the same data and writes the α "
-    'it recommends, if any; README, "Choosing α"'
-)
-NEXT_STEP = {
-    "ok": "go on to RL with SFT as it is (no rule fired); to keep it so, gate later checkpoints "
-    "in CI with this command, which exits with code 3 when one turns rigid",
-    "watch": _SWEEP_WHY,
-    "rigid": _SWEEP_WHY,
-}
-
-
-def next_step(label: str) -> str:
-    """What `suggested_command` is for, in words, by verdict label: for `ok` the next step
-    itself (the command is optional), for the others why the command."""
-    return NEXT_STEP.get(label, "")
 
 
 def _stem(spec: str) -> str:

@@ -70,7 +70,7 @@ def _verdict(console, v: dict, inputs: dict) -> None:
         for reason in v["candidate"]["reasons"]:
             console.print(f"  {reason['level']} {reason['id']}: {reason['message']}")
     if v["suggested_command"]:
-        from rejuv_cli.diagnostics.verdict import next_step
+        from rejuv_cli.report.terms import next_step
 
         command, why = v["suggested_command"], next_step(label)
         if label == "ok":  # the step is RL as it is; the command (a CI gate) is optional

@@ -57,3 +57,22 @@ NO_SURGERY_NEXT = "go on to RL with SFT as it is (the rule above finds no α wor
 def legend(*terms: str) -> str:
     """One legend line: `term: definition; term: definition`."""
     return "; ".join(f"{t}: {TERMS[t]}" for t in terms)
+
+
+# The next step after a verdict, in words (the command is verdict.suggested_command).
+_SWEEP_WHY = (
+    "it measures the fusion with BASE at several α on the same data and writes the α "
+    'it recommends, if any; README, "Choosing α"'
+)
+NEXT_STEP = {
+    "ok": "go on to RL with SFT as it is (no rule fired); to keep it so, gate later checkpoints "
+    "in CI with this command, which exits with code 3 when one turns rigid",
+    "watch": _SWEEP_WHY,
+    "rigid": _SWEEP_WHY,
+}
+
+
+def next_step(label: str) -> str:
+    """What `suggested_command` is for, in words, by verdict label: for `ok` the next step
+    itself (the command is optional), for the others why the command."""
+    return NEXT_STEP.get(label, "")

@@ -83,7 +83,7 @@ def _verdict_block(v: dict, title: str) -> str:
         out.append("<p>No heuristic fired.</p>")
     cmd = v.get("suggested_command")
     if cmd:
-        from rejuv_cli.diagnostics.verdict import next_step
+        from rejuv_cli.report.terms import next_step
 
         why = next_step(label)
         if label == "ok":  # the step is RL as it is; the command (a CI gate) is optional
