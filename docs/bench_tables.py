@@ -280,25 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    new = render(text, load(args.results))
-    if args.check:
-        if new == text:
-            return 0
-        import difflib
+    from readme_blocks import write_or_check
 
-        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md",
-                                    "generated", lineterm="", n=1)  # fmt: skip
-        print("\n".join(list(diff)[:40]), file=sys.stderr)
-        print(
-            "README.md: bench blocks differ from bench/results/*.json; run "
-            "`python docs/bench_tables.py` (make docs)",
-            file=sys.stderr,
-        )
-        return 1
-    if new != text:
-        args.readme.write_text(new)
-    return 0
+    text = args.readme.read_text()
+    stale = ("README.md: bench blocks differ from bench/results/*.json; run "
+             "`python docs/bench_tables.py` (make docs)")  # fmt: skip
+    return write_or_check(args.readme, text, render(text, load(args.results)), args.check, stale)
 
 
 if __name__ == "__main__":

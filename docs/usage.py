@@ -99,21 +99,11 @@ def render(readme: str) -> str:
 
 
 def main() -> int:
-    text = README.read_text()
-    new = render(text)
-    if "--check" in sys.argv[1:]:
-        if new == text:
-            return 0
-        import difflib
+    from readme_blocks import write_or_check
 
-        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md",
-                                    "generated", lineterm="", n=1)  # fmt: skip
-        print("\n".join(list(diff)[:40]), file=sys.stderr)
-        print("README.md: usage blocks are out of date; run `make docs`", file=sys.stderr)
-        return 1
-    if new != text:
-        README.write_text(new)
-    return 0
+    text = README.read_text()
+    return write_or_check(README, text, render(text), "--check" in sys.argv[1:],
+                          "README.md: usage blocks are out of date; run `make docs`")  # fmt: skip
 
 
 if __name__ == "__main__":
