@@ -26,6 +26,24 @@ def pairs(tmp_path_factory):
     return {f: make_pair(root / f, f, seed=FAMILIES.index(f)) for f in FAMILIES}
 
 
+# The mixture-of-experts pairs #18 measures: Mixtral at the issue's size (3 layers, 4 experts,
+# hidden 64, intermediate 96), Qwen2-MoE (a shared expert with its own gate) and Qwen3-MoE.
+MOE_FAMILIES = {
+    "mixtral": dict(num_hidden_layers=3, hidden_size=64, intermediate_size=96),
+    "qwen2_moe": {},
+    "qwen3_moe": {},
+}
+
+
+@pytest.fixture(scope="session")
+def moe_pairs(tmp_path_factory):
+    """family -> (base_dir, sft_dir) for MOE_FAMILIES, saved by transformers' save_pretrained
+    (per-expert tensors on disk, fused 3-D expert parameters in memory). Read-only."""
+    root = tmp_path_factory.mktemp("moe")
+    return {f: make_pair(root / f, f, seed=20 + i, config_overrides=o)
+            for i, (f, o) in enumerate(MOE_FAMILIES.items())}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def llama(pairs):
     return pairs["llama"]

@@ -40,12 +40,13 @@ def expected_modules(family: str) -> dict[str, tuple[int, int]]:
     attn = {"q": (q, 2), "k": (kv, 2), "v": (kv, 2), "o": (q, 2)}
     if family == "gpt2":  # no GQA; n_inner defaults to 4 * n_embd
         return {"q": (32, 2), "k": (32, 2), "v": (32, 2), "o": (32, 2), "mlp": (128, 2)}
+    whole = {"whole_expert": (4, 2)}  # 4 experts per layer, one instance per layer (opt-in)
     if family == "mixtral":
-        return attn | {"expert": (mlp, 8)}
+        return attn | {"expert": (mlp, 8)} | whole
     if family == "qwen2_moe":
-        return attn | {"expert": (24, 8), "shared_expert": (48, 2)}
+        return attn | {"expert": (24, 8), "shared_expert": (48, 2)} | whole
     if family == "qwen3_moe":
-        return attn | {"expert": (24, 8)}
+        return attn | {"expert": (24, 8)} | whole
     return attn | {"mlp": (mlp, 2)}
 
 

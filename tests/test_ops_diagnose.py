@@ -83,7 +83,8 @@ def test_verdict_levels():
     assert label == "watch" and reasons[0]["value"] == 2.5 and reasons[0]["threshold"] == 2.0
     three = {"sharpness.ratio": 3.0, "weights.drift_max": 0.9, "units.dormant_increase": 0.2}
     assert judge(three)[0] == "rigid"  # three warning signs together
-    assert all(r.metric.split(".")[0] in ("output", "weights", "units", "sharpness") for r in RULES)
+    sections = ("output", "weights", "units", "routing", "sharpness")
+    assert all(r.metric.split(".")[0] in sections for r in RULES)
 
 
 def test_suggested_command_names_the_models():

@@ -92,7 +92,7 @@ def test_validation_reports_every_error_with_file_and_key(tmp_path):
         f"{p}: reset.mode: must be one of base, shrink-perturb, reinit (got 'wild')",
         f"{p}: reset.select: must be one of attribution, dormant, drift, saturated (got 'magic')",
         f"{p}: reset.modules: unknown module 'ffn' (choose from q, k, v, o, mlp, gate, up, "
-        "down, expert, shared_expert)",
+        "down, expert, shared_expert, whole_expert)",
         f"{p}: output.shard_size: not a size: 'huge' (use e.g. 5GB, 500MB, 2GiB)",
     ]
 

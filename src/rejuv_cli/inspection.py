@@ -58,11 +58,14 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
         entry["units"] += inst.n_units
         entry["units_per_instance"] = inst.n_units
         entry["tensors"].update(s.tensor for _, s, _ in inst.tensors)  # relative, "{e}" kept
+        if inst.module.opt_in:  # reset only when --modules names it (whole_expert)
+            entry["opt_in"] = True
     modules = {k: v | {"tensors": sorted(v["tensors"])} for k, v in per_module.items()}
     return report | {
         "unit_map": fm.name,
         "modules": modules,
-        "units_total": sum(m["units"] for m in modules.values()),
+        # the default module set's units (opt-in modules cover the same tensors again)
+        "units_total": sum(m["units"] for m in modules.values() if not m.get("opt_in")),
         "unaccounted": unaccounted(fm, names, instances),
         "misfits": misfits(instances, {n: t.shape for n, t in ckpt.tensors.items()}),
     }

@@ -103,12 +103,19 @@ def fuse_paths(job: FuseJob) -> tuple[dict, list]:
 def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout | None:
     """The units to reset, or None for fusion only. A model without a unit map is an error
     when the reset was asked for (flag, recipe, mask) and a warning under the default."""
+    from rejuv_cli.reset.masks import mask_modules
+    from rejuv_cli.reset.registry import check_scorer_modules
+
     settings = job.recipe.reset
     if job.mask_in is None and settings.fraction == 0:
         return None
+    if job.mask_in is None:
+        check_scorer_modules(settings.select, settings.modules)
     asked = settings.explicit or job.mask_in is not None
     try:
-        layout = unit_layout(sft, plan, None if job.mask_in else settings.modules)
+        # a mask's own modules where it holds opt-in ones (whole experts), else the defaults
+        modules = mask_modules(job.mask_in) if job.mask_in else settings.modules
+        layout = unit_layout(sft, plan, modules)
     except ArchError as e:
         if asked:
             raise
@@ -120,7 +127,35 @@ def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout |
             f"no resettable units in SFT for modules {', '.join(settings.modules or ['all'])}; "
             "choose others with --modules, or use --reset 0"
         )
+    if job.mask_in is None:
+        plan.warnings.extend(_capped_out(layout, settings.max_per_module))
     return layout
+
+
+def _capped_out(layout: UnitLayout, cap: float) -> list[str]:
+    """Warnings for the chosen modules of which --max-per-module lets no unit be reset:
+    floor(cap · n) = 0 in every instance (whole experts, 8 per layer, under the default 0.1).
+    A UsageError when that is every chosen module: nothing could be reset."""
+    import math
+
+    from rejuv_cli.errors import UsageError
+    from rejuv_cli.ops.reset import module_cap
+
+    largest: dict[str, int] = {}
+    for inst in layout.instances:
+        largest[inst.module.name] = max(largest.get(inst.module.name, 0), inst.n_units)
+    lines = []
+    for m, n in largest.items():
+        if module_cap(cap, n) == 0:
+            whole = m == "whole_expert"
+            lines.append(
+                f"--max-per-module {cap:g} lets no {m} unit be reset: at most floor({cap:g} × "
+                f"{n}) = 0 of the {n} {'experts of a layer' if whole else 'units of an instance'}"
+                f"; use {math.ceil(1e4 / n) / 1e4:g} or more for one"
+            )
+    if lines and len(lines) == len(largest):
+        raise UsageError("; ".join(lines))
+    return lines
 
 
 def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = None):
@@ -132,6 +167,7 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
     from rejuv_cli.reset.norms import stream_norms
     from rejuv_cli.reset.registry import SCORERS
     from rejuv_cli.reset.select import select_mask
+    from rejuv_cli.reset.tensors import selected_tensors
 
     t0 = time.perf_counter()
     settings, layout = p.job.recipe.reset, p.layout
@@ -159,8 +195,7 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
         save_mask(mask, p.job.mask_out)
     moments = None
     if settings.mode != "base":  # noise is scaled by each tensor's spread: one BASE pass
-        chosen = [i for i in layout.instances if mask.selected.get(i.key, [False]).any()]
-        touched = {name: {0} for inst in chosen for name, _, _ in inst.tensors}
+        touched = {name: {0} for name in selected_tensors(layout, mask)}
         moments = stream_norms(p.base, None, touched, device)
     return mask, moments, time.perf_counter() - t0
 

@@ -229,7 +229,9 @@ _ALL: list[Setting] = [
            "base + SFT forwards)."),
     _reset("modules", "--modules", modules, None,
            "Comma list of q,k,v,o,mlp (gate/up/down name the MLP unit, which is reset whole; "
-           "experts count as mlp).", keep_text=True, comma_list=True, default_help="all",
+           "experts count as mlp); whole_expert: MoE experts reset whole, one unit each "
+           "(opt-in, not with mlp or expert; --select drift).", keep_text=True, comma_list=True,
+           default_help="all",
            metavar="q,k,v,o,mlp"),
     _reset("max_per_module", "--max-per-module", Range(0.0, 1.0, lo_open=True), 0.1,
            "At most this share of any one module (one layer's k, one expert...)."),

@@ -25,14 +25,22 @@ class Slice:
     part: str | None = None  # fused tensor: which part of the axis ("q", "k", "gate", ...)
     optional: bool = False  # biases exist only in some families/configs
     out: bool = False  # the unit's outgoing weights (o/down input channels), not incoming
+    # The whole tensor belongs to one unit (module `whole_expert`): no row or column is picked
+    # out, and the instance's offset field holds the index of the unit that owns the tensor.
+    whole: bool = False
 
 
 @dataclass(frozen=True)
 class ModuleMap:
-    name: str  # "q", "k", "v", "o", "mlp", "expert", "shared_expert"
+    name: str  # "q", "k", "v", "o", "mlp", "expert", "shared_expert", "whole_expert"
     slices: tuple[Slice, ...]
     size: str  # which config size counts this module's units (see `part_sizes`)
-    per_expert: bool = False
+    per_expert: bool = False  # one instance per expert of a layer ("layers.0.expert.2")
+    # One instance per layer whose unit e is all of expert e's tensors, whole ("{e}" in the
+    # slices); its units are counted from the stored experts, not from config.json.
+    whole_experts: bool = False
+    # Never in the default module set: only when --modules or a recipe names it.
+    opt_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class FamilyMap:
     fused_parts: dict[str, tuple[str, ...]]  # fused tensor -> its parts in storage order
     never_reset: tuple[str, ...]  # globs (full names) fused but never reset: norms, routers, ...
     embeddings: Embeddings = STANDARD_EMBEDDINGS  # fused, never reset
+    # Mixture-of-experts families: the router's module (its weight is [experts, hidden]),
+    # relative to the layer prefix: first as the checkpoint stores it, then any other name
+    # transformers loads it under. `rejuv diagnose` hooks it (docs/method.md section 5).
+    router: tuple[str, ...] = ()
 
 
 def _w(name: str, axis: int, part: str | None = None) -> tuple[Slice, ...]:
@@ -120,7 +132,17 @@ def _c_attn(part: str) -> tuple[Slice, ...]:
     return (Slice("attn.c_attn.weight", 1, part), Slice("attn.c_attn.bias", 0, part))
 
 
+def _whole_experts(expert: ModuleMap) -> ModuleMap:
+    """The `whole_expert` module of a family: unit e = every tensor of the neuron-level
+    `expert` module's expert e, whole (so both cover the same tensors); opt-in."""
+    slices = tuple(Slice(s.tensor, 0, optional=s.optional, out=s.out, whole=True)
+                   for s in expert.slices)  # fmt: skip
+    return ModuleMap("whole_expert", slices, "experts", whole_experts=True, opt_in=True)
+
+
 _MOE = "block_sparse_moe.experts.{e}."
+# transformers 5 loads Mixtral's block_sparse_moe as `mlp`.
+_MIXTRAL_ROUTER, _QWEN_MOE_ROUTER = ("block_sparse_moe.gate", "mlp.gate"), ("mlp.gate",)
 
 _register(FamilyMap(
     # GPT-2 Conv1D stores weights as [in, out]: output channels are columns, input channels rows.
@@ -137,22 +159,28 @@ _register(FamilyMap(
     _NEVER_RESET + ("*.attn.c_proj.bias", "*.mlp.c_proj.bias", "*.attn.bias", "*.attn.masked_bias"),
     Embeddings("transformer.wte.weight"),
 ))  # fmt: skip
+_MIXTRAL_EXPERT = ModuleMap("expert", _w(_MOE + "w1", 0) + _w(_MOE + "w3", 0)
+                            + _w(_MOE + "w2", 1), "intermediate", per_expert=True)  # fmt: skip
+_QWEN_EXPERT = ModuleMap("expert", _w("mlp.experts.{e}.gate_proj", 0)
+                         + _w("mlp.experts.{e}.up_proj", 0) + _w("mlp.experts.{e}.down_proj", 1),
+                         "moe_intermediate", per_expert=True)  # fmt: skip
 _register(FamilyMap(
     "mixtral", ("mixtral",), "model.layers.{i}.",
-    _ATTN + (ModuleMap("expert", _w(_MOE + "w1", 0) + _w(_MOE + "w3", 0) + _w(_MOE + "w2", 1),
-                       "intermediate", per_expert=True),),
-    {}, _NEVER_RESET + ("*.block_sparse_moe.gate.weight",),
+    _ATTN + (_MIXTRAL_EXPERT, _whole_experts(_MIXTRAL_EXPERT)),
+    {}, _NEVER_RESET + (f"*.{_MIXTRAL_ROUTER[0]}.weight",), router=_MIXTRAL_ROUTER,
 ))  # fmt: skip
 _register(FamilyMap(
     "qwen-moe", ("qwen2_moe", "qwen3_moe"), "model.layers.{i}.",
     _ATTN + (
-        ModuleMap("expert", _w("mlp.experts.{e}.gate_proj", 0) + _w("mlp.experts.{e}.up_proj", 0)
-                  + _w("mlp.experts.{e}.down_proj", 1), "moe_intermediate", per_expert=True),
+        _QWEN_EXPERT,
+        # the shared expert is always active: never a whole-expert unit (its neurons are units)
+        _whole_experts(_QWEN_EXPERT),
         ModuleMap("shared_expert", _w("mlp.shared_expert.gate_proj", 0)
                   + _w("mlp.shared_expert.up_proj", 0) + _w("mlp.shared_expert.down_proj", 1),
                   "shared_intermediate"),
     ),
-    {}, _NEVER_RESET + ("*.mlp.gate.weight", "*.mlp.shared_expert_gate.weight"),
+    {}, _NEVER_RESET + (f"*.{_QWEN_MOE_ROUTER[0]}.weight", "*.mlp.shared_expert_gate.weight"),
+    router=_QWEN_MOE_ROUTER,
 ))  # fmt: skip
 
 
@@ -190,16 +218,18 @@ def stored_as(name: str, names) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-MODULE_NAMES = ("q", "k", "v", "o", "mlp", "expert", "shared_expert")
+MODULE_NAMES = ("q", "k", "v", "o", "mlp", "expert", "shared_expert", "whole_expert")
 _MLP_KINDS = ("mlp", "expert", "shared_expert")
 # gate, up and down make one MLP unit (docs/method.md section 2: reset together, so the unit is
 # replaced as a whole): naming any of them selects the MLP units, experts' included.
 _MODULE_ALIASES = {"mlp": _MLP_KINDS, "gate": _MLP_KINDS, "up": _MLP_KINDS, "down": _MLP_KINDS}
-MODULE_CHOICES = ("q", "k", "v", "o", "mlp", "gate", "up", "down", "expert", "shared_expert")
+MODULE_CHOICES = ("q", "k", "v", "o", "mlp", "gate", "up", "down", "expert", "shared_expert",
+                  "whole_expert")  # fmt: skip
 
 
 def resolve_modules(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Canonical module names for user-given ones (aliases expanded); ValueError if unknown."""
+    """Canonical module names for user-given ones (aliases expanded); ValueError if unknown,
+    or if both the neuron-level `expert` and `whole_expert` are asked for (the same tensors)."""
     unknown = [n for n in names if n not in MODULE_CHOICES]
     if unknown:
         raise ValueError(
@@ -207,6 +237,14 @@ def resolve_modules(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
             f"(choose from {', '.join(MODULE_CHOICES)})"
         )
     picked = {m for n in names for m in _MODULE_ALIASES.get(n, (n,))}
+    if {"expert", "whole_expert"} <= picked:
+        via = [n for n in dict.fromkeys(names) if "expert" in _MODULE_ALIASES.get(n, (n,))]
+        shown = ", ".join(n if n == "expert" else f"{n} (includes expert)" for n in via)
+        raise ValueError(
+            f"{shown} and whole_expert both reset the routed experts' tensors (expert: single "
+            "neurons, whole_expert: whole experts); choose one (whole_expert combines with q, "
+            "k, v, o and shared_expert)"
+        )
     return tuple(m for m in MODULE_NAMES if m in picked)
 
 
@@ -263,12 +301,14 @@ def part_sizes(config: dict) -> dict[str, int]:
 class ModuleInstance:
     """One module in one layer (and expert): its units and where each slice lives."""
 
-    key: str  # e.g. "layers.3.mlp", "layers.0.expert.2"
+    key: str  # e.g. "layers.3.mlp", "layers.0.expert.2", "layers.1.whole_expert"
     module: ModuleMap
     layer: int
     expert: int | None
     n_units: int
-    tensors: tuple[tuple[str, Slice, int], ...]  # (full tensor name, slice, offset along axis)
+    # (full tensor name, slice, offset along axis); for a whole-tensor slice (`Slice.whole`)
+    # the third field is the unit that owns the tensor (whole_expert: the expert index).
+    tensors: tuple[tuple[str, Slice, int], ...]
 
 
 def module_instances(fm: FamilyMap, config: dict, names: set[str], n_layers: int,
@@ -279,6 +319,9 @@ def module_instances(fm: FamilyMap, config: dict, names: set[str], n_layers: int
     for i in range(n_layers):
         prefix = fm.layer_prefix.format(i=i)
         for m in fm.modules:
+            if m.whole_experts:
+                out.extend(_whole_expert_instance(m, prefix, i, names, n_experts))
+                continue
             for e in range(n_experts) if m.per_expert else [None]:
                 tensors = []
                 for s in m.slices:
@@ -293,6 +336,26 @@ def module_instances(fm: FamilyMap, config: dict, names: set[str], n_layers: int
                     key = f"layers.{i}.{m.name}" + (f".{e}" if e is not None else "")
                     out.append(ModuleInstance(key, m, i, e, sizes[m.size], tuple(tensors)))
     return out
+
+
+def _whole_expert_instance(m: ModuleMap, prefix: str, layer: int, names: set[str],
+                           n_experts: int) -> list[ModuleInstance]:  # fmt: skip
+    """Layer `layer`'s whole experts as one instance: unit e = all tensors of expert e.
+
+    The experts are 0..n-1, up to the first one that lacks a required tensor: a layer without
+    experts (a dense layer of Qwen2-MoE) has no instance, and experts after a gap are not
+    whole-expert units."""
+    tensors = []
+    n_units = 0
+    for e in range(n_experts):
+        found = [(prefix + s.tensor.format(e=e), s, e) for s in m.slices]
+        if any(name not in names and not s.optional for name, s, _ in found):
+            break
+        tensors.extend(f for f in found if f[0] in names)
+        n_units = e + 1
+    if not n_units:
+        return []
+    return [ModuleInstance(f"layers.{layer}.{m.name}", m, layer, None, n_units, tuple(tensors))]
 
 
 # Which config size measures each fused part.
@@ -329,6 +392,8 @@ def misfits(instances: list[ModuleInstance], shapes: dict[str, tuple[int, ...]])
     problems = []
     for inst in instances:
         for name, s, offset in inst.tensors:
+            if s.whole:  # any shape: the tensor is reset whole
+                continue
             shape = shapes[name]
             extent = shape[s.axis] if s.axis < len(shape) else None
             fits = extent == inst.n_units if s.part is None else (

@@ -53,43 +53,123 @@ def activation_sites(layout: UnitLayout) -> list[Site]:
 
 
 class ActivityRecorder:
-    """Hooks that add each site's activations (real tokens only) to its ActivityStats. Sites
-    whose module does not exist in the loaded model (fused MoE expert weights in recent
-    transformers) are listed in `missing`."""
+    """Hooks that add each site's activations (real tokens only) to its ActivityStats.
+
+    An expert site whose projection is part of a fused experts module (transformers 5) is
+    measured by recomputing the expert for the tokens routed to it (calib/experts.py); its
+    stats count only those tokens, and stay at 0 tokens for an expert no token reached. Sites
+    found in neither form are listed in `missing`."""
 
     def __init__(self, model, sites: list[Site], device: torch.device):
+        from rejuv_cli.calib.experts import fused_expert, fused_experts_modules, per_expert_module
+
         self.stats: dict[str, ActivityStats] = {}
         self.missing: list[str] = []
         self.token_mask: torch.Tensor | None = None  # [B, T] bool, set per batch
         self._handles = []
+        self._selected: dict[str, torch.Tensor] = {}  # MoE block path -> its top-k [N, k]
+        self._unplaced: set[str] = set()  # sites whose rows could not be matched to tokens
         modules = dict(model.named_modules())
+        fused_modules = fused_experts_modules(modules)
+        fused: dict[str, list[tuple[Site, int]]] = {}  # fused module path -> (site, expert)
         for site in sites:
             module = modules.get(site.path)
-            if module is None:
+            found = fused_expert(fused_modules, site.path) if module is None else None
+            if module is None and found is None:
                 self.missing.append(site.key)
                 continue
             self.stats[site.key] = ActivityStats.zeros(site.n_units, device)
-            if site.where == "input":
+            if found is not None:
+                fused.setdefault(found.path, []).append((site, found.index))
+            elif (expert := per_expert_module(modules, site.path)) is not None:
+                if expert.block not in self._selected:  # one router hook per block
+                    self._selected[expert.block] = torch.empty(0)
+                    gate = modules[expert.block].gate
+                    self._handles.append(gate.register_forward_hook(
+                        self._router_hook(expert.block, expert.top_k)))  # fmt: skip
+                hook = self._routed_hook(site, expert.block, expert.index)
+                self._handles.append(module.register_forward_pre_hook(hook))
+            elif site.where == "input":
                 handle = module.register_forward_pre_hook(self._hook(site, lambda a, o: a[0]))
+                self._handles.append(handle)
             else:
                 handle = module.register_forward_hook(self._hook(site, lambda a, o: o))
-            self._handles.append(handle)
+                self._handles.append(handle)
+        for path, experts in fused.items():
+            hook = self._experts_hook(experts)
+            self._handles.append(modules[path].register_forward_hook(hook, with_kwargs=True))
+
+    def _real(self, n: int) -> torch.Tensor | None:
+        """The batch's real-token mask flattened to the [N] rows a layer sees, or None when
+        the layer's rows are not the batch's B·T positions (then nothing is recorded)."""
+        if self.token_mask is None or self.token_mask.numel() != n:
+            return None
+        return self.token_mask.reshape(-1)
 
     def _hook(self, site: Site, pick):
         stats = self.stats[site.key]
 
         def hook(_module, args, output=None):
-            x = pick(args, output)  # [B, T, D]
-            if self.token_mask is not None:
-                mask = self.token_mask.to(x.device)
-                stats.update(x[mask][:, site.offset : site.offset + site.n_units])
+            x = pick(args, output)  # [B, T, D], or [B·T, D] inside an MoE block
+            real = self._real(x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0])
+            if real is not None:
+                rows = x.reshape(-1, x.shape[-1])[real.to(x.device)]
+                stats.update(rows[:, site.offset : site.offset + site.n_units])
+
+        return hook
+
+    def _router_hook(self, block: str, top_k: int):
+        def hook(_module, _args, output):
+            logits = output[0] if isinstance(output, tuple | list) else output  # [N, E]
+            self._selected[block] = logits.topk(top_k, dim=-1).indices  # [N, k]
+
+        return hook
+
+    def _routed_hook(self, site: Site, block: str, e: int):
+        """Per-expert module (transformers 4): its input rows are the tokens routed to it."""
+        from rejuv_cli.calib.experts import routed_order
+
+        stats = self.stats[site.key]
+
+        def hook(_module, args):
+            x = args[0]  # [n_e, D]
+            selected = self._selected[block]
+            real = self._real(selected.shape[0])
+            order = routed_order(selected, e)
+            if real is None or order.numel() != x.shape[0]:  # not the block we know
+                self._unplaced.add(site.key)
+                return
+            rows = x[real.to(x.device)[order.to(x.device)]]
+            stats.update(rows[:, site.offset : site.offset + site.n_units])
+
+        return hook
+
+    def _experts_hook(self, experts: list[tuple[Site, int]]):
+        from rejuv_cli.calib.experts import expert_hidden, routing_args
+
+        def hook(module, args, kwargs, _output):
+            hidden, top_k = routing_args(args, kwargs)  # [N, H], [N, k]
+            real = self._real(hidden.shape[0])
+            if real is None:
+                return
+            real = real.to(hidden.device)
+            for site, e in experts:
+                routed = (top_k == e).any(-1) & real  # [N]: real tokens sent to expert e
+                if routed.any():
+                    h = expert_hidden(module, hidden[routed], e)  # [n_e, I]
+                    self.stats[site.key].update(h[:, site.offset : site.offset + site.n_units])
 
         return hook
 
     def close(self) -> None:
+        """Remove the hooks; sites whose rows could not be matched to tokens become missing."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for key in sorted(self._unplaced):
+            self.stats.pop(key, None)
+            self.missing.append(key)
+        self._unplaced.clear()
 
 
 def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int | None = None):

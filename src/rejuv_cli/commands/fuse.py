@@ -83,6 +83,7 @@ def fuse_command(
     from rejuv_cli.pipeline import FuseJob, plan_summary, prepare_fuse
     from rejuv_cli.recipe import Recipe, find_recipe, load_recipe
     from rejuv_cli.report.console import render_plan, render_summary, render_warnings
+    from rejuv_cli.reset.registry import check_scorer_modules
     from rejuv_cli.settings import command_line
 
     v = values
@@ -93,6 +94,8 @@ def fuse_command(
     calib_flags = {k: v[k] for k in ("calib", "samples", "max_tokens", "prompt_field",
                    "response_field", "answer_field", "messages_field", "max_memory")}  # fmt: skip
     _check_calib_flags(calib_flags, effective.reset.select, mask)
+    if mask is None and effective.reset.fraction > 0:
+        check_scorer_modules(effective.reset.select, effective.reset.modules)
     if _scores_from_data(effective.reset, mask):
         check_calib(effective.reset)
     if save_mask is not None and mask is None and effective.reset.fraction == 0:

@@ -93,6 +93,7 @@ def sweep_command(
     **values,
 ) -> None:  # fmt: skip
     from rejuv_cli.recipe import Recipe, find_recipe, load_recipe
+    from rejuv_cli.reset.registry import check_scorer_modules
     from rejuv_cli.settings import command_line
     from rejuv_cli.sweep.job import SweepJob
     from rejuv_cli.sweep.run import run_sweep
@@ -106,6 +107,8 @@ def sweep_command(
                  "protect") if v[k] is not None]  # fmt: skip
         if clash:
             raise UsageError(f"--mask fixes which units are reset; drop {', '.join(clash)}")
+    elif recipe.reset.fraction > 0:
+        check_scorer_modules(recipe.reset.select, recipe.reset.modules)
     check_calib(recipe.reset)
     if generate:
         check_checkable(recipe.reset)

@@ -1,4 +1,4 @@
-"""The report sections that need forward passes: output, units and sharpness.
+"""The report sections that need forward passes: output, units, routing and sharpness.
 
 Loads the calibration data (tokenized with the SFT model's tokenizer and chat template), then
 BASE, SFT and the candidate with transformers, all on the device at once (see output.py).
@@ -17,13 +17,15 @@ from rejuv_cli.diagnostics.output import (
     skill_retained,
     units_summary,
 )
+from rejuv_cli.diagnostics.routing import routing_section
 from rejuv_cli.diagnostics.sharpness import SEED, sharpness
 
 ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
 
 
 def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
-    """Fill report["output"], ["units"], ["sharpness"] and the calibration inputs."""
+    """Fill report["output"], ["units"], ["routing"], ["sharpness"] and the calibration
+    inputs."""
     calib = prepare_calibration(job.calib, job.samples, job.max_tokens, resolved["sft"].path,
                                 device, job.batch_tokens, Fields.of(job))  # fmt: skip
     warnings.extend(calib.warnings)
@@ -80,6 +82,9 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
         nulls["units"] = ("not measured: no unit map for this architecture (see warnings)"
                           if layout is None else "not measured: no attention-output or MLP "
                           "units in the unit map")  # fmt: skip
+    report["routing"], why = routing_section(records, models["sft"].config, warnings)
+    if why is not None:
+        nulls["routing"] = why
 
     offloaded = [role.upper() for role, model in models.items() if offloaded_share(model) > 0]
     if job.sharpness_draws > 0 and offloaded:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rejuv_cli.calib.forward import ActivityRecorder, Batch, Site, response_logits
+from rejuv_cli.calib.routing import RoutingRecord, RoutingRecorder
 from rejuv_cli.ops import activity as act
 from rejuv_cli.ops.tokens import CONFIDENT, block_rows, kl_divergence, log_probs, token_stats
 
@@ -24,7 +25,8 @@ HIST_BINS = 40
 
 @dataclass
 class ModelRecord:
-    """Per-token arrays (response tokens in data order) and per-site activity of one model."""
+    """Per-token arrays (response tokens in data order), per-site activity and MoE routing
+    counts (calib/routing.py) of one model."""
 
     entropy: list[np.ndarray] = field(default_factory=list)
     p_max: list[np.ndarray] = field(default_factory=list)
@@ -32,6 +34,7 @@ class ModelRecord:
     kl: list[np.ndarray] = field(default_factory=list)  # KL(model ‖ BASE); empty for BASE
     activity: dict = field(default_factory=dict)  # site key -> ActivityStats
     missing_sites: list[str] = field(default_factory=list)
+    routing: RoutingRecord = field(default_factory=RoutingRecord)  # MoE routers (all real tokens)
 
     def array(self, name: str) -> np.ndarray:
         parts = getattr(self, name)
@@ -52,12 +55,14 @@ def calibration_pass(
     """
     records = {role: ModelRecord() for role in models}
     recorders = {role: ActivityRecorder(m, sites, device) for role, m in models.items()}
+    routers = {role: RoutingRecorder(m) for role, m in models.items()}
     try:
         with torch.inference_mode():
             for batch in batches:
                 base_logits = None
                 for role, model in models.items():
                     recorders[role].token_mask = batch[1].to(device).bool()
+                    routers[role].token_mask = recorders[role].token_mask
                     logits, targets = response_logits(model, batch, device, vocab_limit)
                     if role == "base":
                         base_logits = logits  # [N, V], kept for the others' KL
@@ -71,6 +76,7 @@ def calibration_pass(
             recorder.close()
             records[role].activity = recorder.stats
             records[role].missing_sites = recorder.missing
+            records[role].routing = routers[role].close()
     return records
 
 
@@ -214,11 +220,16 @@ def entropy_edges(records: dict[str, ModelRecord]) -> np.ndarray:
 
 
 def units_summary(rec: ModelRecord, sites: list[Site]) -> dict:
-    """Dormant fractions (ReDo) and saturated shares per layer × module and overall."""
-    layers, all_redo, all_sat = [], [], []
+    """Dormant fractions (ReDo) and saturated shares per layer × module and overall. An
+    expert's statistics are over the tokens routed to it; experts that received none are
+    listed in `unrouted` and left out of the fractions."""
+    layers, all_redo, all_sat, unrouted = [], [], [], []
     for site in sites:
         stats = rec.activity.get(site.key)
         if stats is None:
+            continue
+        if stats.tokens == 0:  # an expert no calibration token reached: unknown, not dormant
+            unrouted.append(site.key)
             continue
         redo = act.redo_scores(stats.mean_abs())
         saturated = act.saturated_flags(redo, stats.cv())
@@ -242,6 +253,7 @@ def units_summary(rec: ModelRecord, sites: list[Site]) -> dict:
         "units": int(redo.size),
         "layers": layers,
         "not_measured": rec.missing_sites,
+        "unrouted": unrouted,
     }
 
 

@@ -96,6 +96,7 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
         "weights": weights,
         "output": None,
         "units": None,
+        "routing": None,
         "sharpness": None,
         "comparison": None,
         "gates": [],  # the command fills it in once the gates are evaluated
@@ -201,7 +202,8 @@ def _same_unit_tensors(layout, sft: Checkpoint, other: Checkpoint, label: str,
 def _measured(report: dict, job: DiagnoseJob) -> str:
     if job.weights_only:
         return "weights only"
-    return ("weights, output, units" + (", sharpness" if report["sharpness"] else "")
+    return ("weights, output, units" + (", routing" if report.get("routing") else "")
+            + (", sharpness" if report["sharpness"] else "")
             + (", generation" if job.generate else ""))  # fmt: skip
 
 
@@ -248,11 +250,16 @@ COMPARED = (
     ('units.dormant["0.025"]', 'units.candidate.dormant["0.025"]', "lower"),
     ("units.saturated", "units.candidate.saturated", "lower"),
     ("sharpness.ratio", "sharpness.candidate_ratio", "lower"),
+    ("routing.dead_share", "routing.candidate.dead_share", "lower"),
+    ("routing.kl_max", "routing.candidate.kl_max", "lower"),
 )
 
 
 # Rule metrics not in COMPARED, and where the candidate's value of each sits.
-CANDIDATE_RULE_PATHS = {"units.dormant_increase": "units.candidate.dormant_increase"}
+CANDIDATE_RULE_PATHS = {
+    "units.dormant_increase": "units.candidate.dormant_increase",
+    "routing.dead_increase": "routing.candidate.dead_increase",
+}
 
 
 def comparison(report: dict) -> list[dict]:

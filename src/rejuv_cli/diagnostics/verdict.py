@@ -45,6 +45,11 @@ RULES = (
          "the calibration loss is more than twice as sensitive to random weight noise as BASE's"),
     Rule("dormant_growth", "watch", "units.dormant_increase", ">", 0.05,
          "over 5% more units became dormant (ReDo score <= 0.025) than in BASE"),
+    # Mixture-of-experts only: the largest per-layer rise of the dead-expert share (share of
+    # routed tokens below a tenth of the uniform 1/E) over BASE's on the same tokens.
+    Rule("routing_collapse", "watch", "routing.dead_increase", ">", 0.1,
+         "in some MoE layer the share of dead experts (below a tenth of the uniform share of "
+         "routed tokens) rose by over 10 points from BASE's: SFT narrowed the routing"),
     # SFT's own value is 1 by definition, so this rule only ever fires for a candidate; the
     # threshold is the min_skill setting (--min-skill), passed to judge() as `thresholds`.
     Rule("low_skill", "watch", "output.skill_retained", "<", SETTINGS["min_skill"].default,

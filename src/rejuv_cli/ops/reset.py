@@ -55,6 +55,12 @@ def target_count(fraction: float, total: int) -> int:
     return math.floor(fraction * total + 0.5)
 
 
+def module_cap(max_per_module: float, n: int) -> int:
+    """The most units selection takes from one module instance of n units:
+    floor(max_per_module · n)."""
+    return math.floor(max_per_module * n + 1e-9)
+
+
 def select_units(
     scores: list[np.ndarray], eligible: list[np.ndarray], fraction: float, max_per_module: float
 ) -> tuple[list[np.ndarray], int]:
@@ -74,7 +80,7 @@ def select_units(
     flat = np.concatenate(scores).astype(np.float64)
     ok = np.concatenate(eligible) & np.isfinite(flat)
     module = np.repeat(np.arange(len(sizes)), sizes)
-    caps = np.array([math.floor(max_per_module * n + 1e-9) for n in sizes])
+    caps = np.array([module_cap(max_per_module, n) for n in sizes])
 
     order = np.flatnonzero(ok)
     order = order[np.argsort(-flat[order], kind="stable")]  # global rank among eligible units

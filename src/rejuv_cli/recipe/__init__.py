@@ -9,6 +9,7 @@
       fraction: 0.01                  # share of units reset; 0 = fusion only
       select: drift                   # scorer (see SCORERS)
       modules: [q, k, v, o, mlp]      # gate/up/down are one MLP unit; experts count as mlp
+                                      # (or whole_expert: MoE experts reset whole, opt-in)
       max_per_module: 0.1             # at most this share of any one module (layer, expert)
       protect: 0.005                  # per module, the largest base-norm units are never reset
       mode: base                      # base | shrink-perturb | reinit

@@ -24,6 +24,13 @@ GENERATION_COLS = (("accuracy", "accuracy"), ("accuracy retained", "accuracy_ret
                    ("all right", "all_right_share"), ("no answer", "no_answer"))  # fmt: skip
 GENERATION_TERMS = ("accuracy", "accuracy retained", "pass@1, pass@k", "learnable share")
 UNIT_TERMS = ("ReDo", "dormant ≤τ", "saturated")
+# Mixture-of-experts routing (diagnostics/routing.py); KL only for SFT and the candidate.
+ROUTING_COLS = (("dead experts", "dead_share"), ("dead, worst layer", "dead_share_max"),
+                ("dead rise over BASE", "dead_increase"),
+                ("router entropy (nats)", "entropy_mean"),
+                ("usage KL, mean (nats)", "kl_mean"), ("usage KL, max (nats)", "kl_max"),
+                ("tokens", "tokens"))  # fmt: skip
+ROUTING_TERMS = ("dead expert", "dead rise", "router entropy", "usage KL")
 LAYER_TERMS = ("rel drift",)
 COMPARISON_TERMS = ("change",)
 
@@ -41,7 +48,10 @@ TERM_OF = {"rel drift": "rel drift", "cosine": "cosine", "msd": "msd", "kurtosis
            "KL to BASE (nats)": "KL", "accuracy": "accuracy",
            "accuracy retained": "accuracy retained", "pass@1": "pass@1, pass@k",
            "pass@k": "pass@1, pass@k", "learnable": "learnable share",
-           "saturated": "saturated"}  # fmt: skip
+           "saturated": "saturated", "dead experts": "dead expert",
+           "dead, worst layer": "dead expert", "dead rise over BASE": "dead rise",
+           "router entropy (nats)": "router entropy", "usage KL, mean (nats)": "usage KL",
+           "usage KL, max (nats)": "usage KL"}  # fmt: skip
 
 
 # `rejuv sweep`'s table: (JSON key of a row, column head); generation columns only when

@@ -95,6 +95,9 @@ def _scorer_text(info: dict) -> str:
                  f"{rec['mean_abs_error']:.2g} (relative {rec['relative']:.2g})")  # fmt: skip
     if info.get("not_measured"):
         text += f"; {len(info['not_measured'])} module instance(s) not measured"
+    if info.get("unrouted"):
+        text += (f"; {len(info['unrouted'])} expert(s) got no calibration token (their units "
+                 "are not ranked)")  # fmt: skip
     return text
 
 
@@ -145,8 +148,9 @@ def inspect_table(r: dict) -> Table:
         "size", f"{human_bytes(r['disk_bytes'])} on disk in {r['files']} {r['format']} file(s)"
     )
     for name, m in r["modules"].items():
+        opt_in = " (opt-in: --modules, not in the total)" if m.get("opt_in") else ""
         t.add_row(f"units: {name}", f"{m['units_per_instance']} × {m['instances']} = {m['units']:,}"
-                  f"  ({', '.join(m['tensors'])})")  # fmt: skip
+                  f"  ({', '.join(m['tensors'])}){opt_in}")  # fmt: skip
     if r["modules"]:
         t.add_row("units total", f"{r['units_total']:,}")
     if r.get("unit_map_error"):

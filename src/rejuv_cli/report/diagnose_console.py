@@ -22,6 +22,8 @@ from rejuv_cli.report.columns import (
     OUTPUT_COLS,
     OUTPUT_TERMS,
     RANK_COLS,
+    ROUTING_COLS,
+    ROUTING_TERMS,
     UNIT_DRIFT_COLS,
     UNIT_DRIFT_TERMS,
     UNIT_TERMS,
@@ -47,6 +49,8 @@ def render_diagnose(console, r: dict) -> None:
         _output(console, r)
     if r["units"] is not None:
         _units(console, r["units"])
+    if r.get("routing") is not None:
+        _routing(console, r["routing"])
     if r["sharpness"] is not None:
         _sharpness(console, r["sharpness"], r.get("null_reasons") or {})
     if r.get("comparison"):
@@ -225,6 +229,65 @@ def _units(console, u: dict) -> None:
         missing = u["not_measured"]
         console.print(f"unit activity not measured for {len(missing)} module instance(s), "
                       f"e.g. {missing[0]} (not a module in transformers)")  # fmt: skip
+    if u.get("unrouted"):
+        unrouted = u["unrouted"]
+        console.print(
+            f"{len(unrouted)} expert(s) received no calibration token, e.g. "
+            f"{unrouted[0]}: their units are not counted (unknown, not dormant)"
+        )
+
+
+def _routing_grid(ro: dict) -> tuple[list[tuple[str, tuple, str]], list[int]]:
+    """The per-layer routing grid: its columns (head, model path, key) and the list indices
+    of the layers shown (all, or the MAX_LAYERS with the largest usage KL)."""
+    cols = []
+    for name, path, block in model_blocks("routing", ro):
+        if block is not None:
+            cols.append((f"dead {name}", path, "dead_share"))
+    for name, path, block in model_blocks("routing", ro)[1:]:
+        if block is not None:
+            cols.append((f"KL {name}", path, "kl_to_base"))
+    rows = list(range(len(ro["layers"])))
+    if len(rows) > MAX_LAYERS:
+        rows = sorted(sorted(rows, key=lambda n: -(ro["layers"][n].get("kl_to_base") or 0))
+                      [:MAX_LAYERS])  # fmt: skip
+    return cols, rows
+
+
+def _layer_value(ro: dict, path: tuple, n: int, key: str):
+    block = ro if len(path) == 1 else ro[path[1]]
+    layers = block["layers"]
+    return layers[n].get(key) if n < len(layers) else None
+
+
+def _routing(console, ro: dict) -> None:
+    """Routing of the mixture-of-experts layers: the model-level table, then one row per MoE
+    layer (dead-expert shares, usage KL to BASE) and SFT's dead experts."""
+    title = (f"routing (mixture of experts; top-{ro['top_k']} of the experts per token, "
+             f"{len(ro['layers'])} MoE layers, router {ro['router']})")  # fmt: skip
+    _metric_table(console, title, "model", ROUTING_COLS, model_blocks("routing", ro))
+    cols, rows = _routing_grid(ro)
+    grid = []
+    for n in rows:
+        row = ro["layers"][n]
+        values = [shown_at((*path, "layers", n, key), _layer_value(ro, path, n, key))
+                  for _, path, key in cols]  # fmt: skip
+        dead = ",".join(str(e) for e in row["dead"]) or "–"
+        grid.append([f"[{n}]", str(row["layer"]), *values, dead])
+    console.print(Text("routing per MoE layer  (gate paths: routing.layers[N].dead_share, "
+                       "routing.layers[N].kl_to_base, routing.layers[N].dead; BASE's and the "
+                       "candidate's under routing.base / routing.candidate)",
+                       style="bold"))  # fmt: skip
+    heads = [Col("[N]"), Col("layer"), *(Col(h) for h, _, _ in cols),
+             Col("dead experts (SFT)", "left")]  # fmt: skip
+    table = fit(console.width, heads, grid)
+    if table is not None:
+        console.print(table)
+    else:
+        for line in grid:
+            pairs = " ".join(f"{h}={v}" for (h, _, _), v in zip(cols, line[2:-1], strict=True))
+            console.print(Text(f"{line[0]} layer {line[1]}: {pairs} dead={line[-1]}"))
+    _legend(console, *ROUTING_TERMS)
 
 
 def _sharpness(console, s: dict, nulls: dict) -> None:
@@ -306,6 +369,11 @@ def shown_paths(r: dict) -> list[str]:
             add(model_blocks("output", r["output"]), GENERATION_COLS)
     if r["units"] is not None:
         add(model_blocks("units", r["units"]), _unit_cols(r["units"]))
+    if r.get("routing") is not None:
+        ro = r["routing"]
+        add(model_blocks("routing", ro), ROUTING_COLS)
+        cols, rows = _routing_grid(ro)
+        out += [format_path((*path, "layers", n, key)) for n in rows for _, path, key in cols]
     if r["sharpness"] is not None:
         has_candidate = r["sharpness"].get("candidate") is not None
         out += [f"sharpness.{key}" for _, key in SHARPNESS_KEYS

@@ -145,9 +145,47 @@ def _units(vs_base: bool) -> dict:
                             for p in ("p1", "p5", "p50", "p95", "p99")},
         }},
         "not_measured": {EACH: Leaf("string", "module instance not hooked")},
+        "unrouted": {EACH: Leaf("string", "expert that received no calibration token")},
     }  # fmt: skip
     if vs_base:
         block["dormant_increase"] = Leaf(N, "dormant share (≤ 0.025) minus BASE's", unit=SHARE)
+    return block
+
+
+# Mixture-of-experts routing (diagnostics/routing.py, docs/method.md section 5, "Routing").
+_NO_BASE_LAYER = "BASE has no measured router with as many experts in this layer"
+
+
+def _routing(vs_base: bool) -> dict:
+    block = {
+        "tokens": Leaf("integer", "real tokens routed (prompt and response)"),
+        "top_k": Leaf("integer", "experts chosen per token (k)"),
+        "dead_share": Leaf(N, "dead experts (share < dead_below / E), over all MoE layers",
+                           unit=SHARE),
+        "dead_share_max": Leaf(N, "dead experts in the worst MoE layer", unit=SHARE),
+        "dead_experts": Leaf("integer", "dead experts, all MoE layers"),
+        "entropy_mean": Leaf(N, "router entropy, mean over MoE layers (nats)", unit=NATS),
+        "layers": {EACH: {
+            "layer": Leaf("integer", "layer"),
+            "experts": Leaf("integer", "experts (E)"),
+            "share": {EACH: Leaf(N, "expert's share of the routed (token, slot) pairs",
+                                 unit=SHARE)},
+            "entropy_mean": Leaf(N, "mean router entropy over all experts (nats)", unit=NATS),
+            "dead_share": Leaf(N, "dead experts in this layer", unit=SHARE),
+            "dead": {EACH: Leaf("integer", "dead expert (index)")},
+        }},
+    }  # fmt: skip
+    if vs_base:
+        block["layers"][EACH]["kl_to_base"] = Leaf(
+            N, "KL(expert usage ‖ BASE's usage) in this layer (nats)", _NO_BASE_LAYER, NATS
+        )
+        block["kl_mean"] = Leaf(N, "usage KL to BASE, mean over MoE layers (nats)",
+                                _NO_BASE_LAYER, NATS)  # fmt: skip
+        block["kl_max"] = Leaf(N, "usage KL to BASE, largest over MoE layers (nats)",
+                               _NO_BASE_LAYER, NATS)  # fmt: skip
+        block["dead_increase"] = Leaf(
+            N, "largest rise of a layer's dead-expert share over BASE's", _NO_BASE_LAYER, SHARE
+        )
     return block
 
 
@@ -203,13 +241,19 @@ SCHEMA: dict = {
         "reasons": {EACH: _REASON},
         "suggested_command": Leaf("string", "suggested next command: rejuv sweep for watch and "
                                   "rigid, a --fail-on CI gate for ok"),
-        "measured": Leaf("string", "what this run measured: weights, output, units, sharpness, "
-                                   "generation"),
+        "measured": Leaf("string", "what this run measured: weights, output, units, routing, "
+                                   "sharpness, generation"),
         "candidate": {"label": Leaf("string", "candidate verdict"), "reasons": {EACH: _REASON}},
     },
     "weights": _weights() | {"candidate": _weights()},
     "output": _output(True) | {"base": _output(False), "candidate": _output(True)},
     "units": _units(True) | {"base": _units(False), "candidate": _units(True)},
+    "routing": {
+        "router": Leaf("string", "router module per MoE layer ({i}: the layer)"),
+        "dead_below": Leaf(N, "dead expert: share below this fraction of the uniform 1/E",
+                           unit=RELATIVE),
+        "kl_pseudocount": Leaf(N, "count added to every expert before the usage KL"),
+    } | _routing(True) | {"base": _routing(False), "candidate": _routing(True)},
     "sharpness": {
         "sft": Leaf(N, "SFT sharpness (nats)", unit=NATS),
         "base": Leaf(N, "BASE sharpness (nats)", unit=NATS),
@@ -249,11 +293,14 @@ _INPUTS = ("calib", "samples", "max_tokens", "response_tokens", "batches", "batc
 _CANDIDATE = [("inputs", "candidate"), ("inputs", "models", "candidate"),
               ("verdict", "candidate"), ("sharpness", "candidate_ratio"), ("comparison",),
               ("sharpness", "per_model", "candidate")]  # fmt: skip
-_CANDIDATE += [(section, "candidate") for section in ("weights", "output", "units", "sharpness")]
+_CANDIDATE += [
+    (section, "candidate") for section in ("weights", "output", "units", "routing", "sharpness")
+]
 CONDITIONS: dict[tuple, Condition | tuple[Condition, ...]] = {
     **{("inputs", key): _FORWARD for key in _INPUTS},
     ("output",): _FORWARD,
     ("units",): _FORWARD,
+    ("routing",): _FORWARD,
     ("sharpness",): (_FORWARD, Condition("sharpness", "is not measured with --sharpness-draws 0")),
     **{prefix: _CAND for prefix in _CANDIDATE},
     ("weights", "rank"): Condition("rank", "needs --rank"),
@@ -270,6 +317,7 @@ CONDITIONS: dict[tuple, Condition | tuple[Condition, ...]] = {
 RUNTIME = {
     ("sharpness",): "skipped when a model is offloaded (see warnings) or --sharpness-draws 0",
     ("units",): "needs a unit map for the architecture",
+    ("routing",): "needs a mixture-of-experts model whose routers the unit map names",
     ("weights", "units"): "needs a unit map for the architecture",
     ("weights", "candidate", "units"): "needs a unit map for the architecture",
 }

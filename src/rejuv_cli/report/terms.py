@@ -40,6 +40,15 @@ TERMS: dict[str, str] = {
     "dormant ≤τ": "share of units with a ReDo score ≤ τ",
     "saturated": "share of units at least as active as their module's mean and steady across "
     "tokens (coefficient of variation ≤ 0.25; ours)",
+    # routing (mixture of experts)
+    "dead expert": "an expert whose share of the routed (token, slot) pairs in its layer is "
+    "below a tenth of the uniform share 1/E; shown: the share of experts that are dead",
+    "dead rise": "the largest rise, over the MoE layers, of a layer's dead-expert share over "
+    "BASE's on the same tokens; the routing_collapse rule fires above 10 points",
+    "router entropy": "entropy of the router's softmax over all experts, mean over real "
+    "tokens and MoE layers (nats; ln E when uniform)",
+    "usage KL": "KL(the model's expert usage ‖ BASE's) per MoE layer, ½ added to every count "
+    "(nats); mean and largest over the layers",
     # sharpness
     "sharpness": "rise of the calibration NLL under random weight noise of relative size σ_rel, "
     "(L(θ+u) + L(θ−u))/2 − L(θ) averaged over the draws (nats); ratio: over BASE's (relative)",

@@ -60,12 +60,15 @@ def _activity_scores(kind: str, layout, base, sft, device, on_bytes, settings, m
 
     run = CalibRun(layout, base, sft, device, on_bytes, settings, max_memory)
     recorder = record_activity(run.model, run.calib, activation_sites(layout), device)
-    by_key = {}
+    by_key, unrouted = {}, []
     for key, stats in recorder.stats.items():
+        if stats.tokens == 0:  # an expert no calibration token reached: unknown, not dormant
+            unrouted.append(key)
+            continue
         redo = act.redo_scores(stats.mean_abs())
         # selection takes the highest scores: dormant ranks the lowest ReDo score first
         by_key[key] = -redo if kind == "dormant" else act.saturated_scores(redo, stats.cv())
-    return run.result(by_key, recorder.missing)
+    return run.result(by_key, recorder.missing, unrouted=unrouted)
 
 
 def score_dormant(layout, base, sft, device, on_bytes=None, settings=None, max_memory=None):

@@ -38,9 +38,12 @@ The same models in bfloat16 (CPU): relative ≈ 1.5e-3, bfloat16 precision.
 Limits. The target logit is the lm_head output: logit soft-capping and logit scaling (Gemma-2,
 Granite, Cohere) act after it and are monotone, so the top-1 is the same. Granite's
 residual_multiplier (each write scaled before the add) is applied; other per-family scalings of
-the residual writes are not, and show up as reconstruction error. MoE experts fused
-into 3-D tensors (Mixtral, Qwen-MoE in transformers 5) have no per-expert module and are
-listed in `missing`; their block output still enters the reconstruction. A final norm not of
+the residual writes are not, and show up as reconstruction error. MoE expert neurons inside a
+fused experts module (transformers 5) have no module of their own: their contribution is
+h_j · r_e · ⟨W_down,e[:, j], g⟩ with h recomputed for the selected positions routed to the
+expert and g the derivative of the block's write with respect to the experts' output
+(`logit_attr._experts_direct`); per-expert modules (transformers 4) are mapped back to
+positions through the router's top-k choice. A final norm not of
 the form gain ⊙ C(h) · s + β is used unfrozen ("unrecognised"), and a residual writer that is
 not an attention / MLP block output (e.g. parallel-block layouts) shows up as reconstruction
 error. "output" contributions are gradient × activation, a first-order estimate, not exact.

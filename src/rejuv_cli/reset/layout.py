@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from rejuv_cli.arch.layout import UnitLayout
-from rejuv_cli.arch.units import count_experts, family_map, misfits, module_instances
+from rejuv_cli.arch.units import FAMILIES, count_experts, family_map, misfits, module_instances
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.errors import ArchError
 from rejuv_cli.pairing import Pairing, TensorPairing, n_layers
@@ -14,8 +14,11 @@ def unit_layout(sft: Checkpoint, plan: Pairing, modules: tuple[str, ...] | None)
     """Map SFT's tensors to units (ArchError when the family has no unit map or it misfits).
     `plan`: the tensor pairing, or a FusePlan (same fields).
 
-    A module instance is left out, with a warning, when one of its tensors has no BASE
-    counterpart of the same shape (nothing to reset to) or is not floating point.
+    `modules` None: every module of the unit map except the opt-in ones (`whole_expert`,
+    which covers the same tensors as `expert`). Asking for whole experts in a checkpoint that
+    stores none is an ArchError. A module instance is left out, with a warning, when one of
+    its tensors has no BASE counterpart of the same shape (nothing to reset to) or is not
+    floating point.
     """
     fm = family_map(sft.config)
     names = set(sft.tensors)
@@ -26,7 +29,15 @@ def unit_layout(sft: Checkpoint, plan: Pairing, modules: tuple[str, ...] | None)
             f"the {fm.name} unit map does not fit this checkpoint ({problems[0]}); "
             "use --reset 0 to fuse without a reset"
         )
-    wanted = modules or tuple(dict.fromkeys(inst.module.name for inst in instances))
+    wanted = modules or tuple(dict.fromkeys(i.module.name for i in instances
+                                            if not i.module.opt_in))  # fmt: skip
+    if "whole_expert" in wanted and not any(i.module.whole_experts for i in instances):
+        raise ArchError(
+            f"--modules whole_expert: SFT (model_type {sft.config.get('model_type')!r}) stores "
+            "no mixture-of-experts experts one tensor each (*.experts.E.*), so it has no whole "
+            "experts to reset; model types with whole experts: "
+            f"{', '.join(sorted(t for t, f in FAMILIES.items() if _has_whole_experts(f)))}"
+        )
     by_name = plan.by_name()
     kept, warnings = [], []
     for inst in instances:
@@ -39,6 +50,10 @@ def unit_layout(sft: Checkpoint, plan: Pairing, modules: tuple[str, ...] | None)
         kept.append(inst)
     present = tuple(m for m in wanted if any(i.module.name == m for i in kept))
     return UnitLayout(fm.name, sft.config.get("model_type"), n_layers(sft), present, kept, warnings)
+
+
+def _has_whole_experts(fm) -> bool:
+    return any(m.whole_experts for m in fm.modules)
 
 
 def _resettable(tp: TensorPairing) -> bool:

@@ -32,7 +32,8 @@ class _Capture:
     """Forward hooks for one batch: the selected positions' residual pieces, the sites'
     activations and the straight-through final norm. `close` removes every hook."""
 
-    def __init__(self, model, parts: _Parts, sites: list[Site], rows, ts, b: int, t: int):
+    def __init__(self, model, parts: _Parts, sites: list[Site], fused: dict, rows, ts, b: int,
+                 t: int):  # fmt: skip
         self.rows, self.ts, self.b, self.t = rows, ts, b, t
         self.h0: torch.Tensor | None = None  # [P, D] first layer input at the positions
         self.outs: dict[str, torch.Tensor] = {}  # writer name -> [P, D] block output
@@ -41,23 +42,43 @@ class _Capture:
         self.h = self.y = self.beta = None
         self.norm_kind = ""
         self.handles = []
+        # fused experts module path -> (tokens [N, H], top-k experts [N, k], top-k weights
+        # [N, k], the module's output [N, H] as autograd knows it)
+        self.experts: dict[str, tuple[torch.Tensor, ...]] = {}
+        # transformers 4's per-expert modules: site path -> its ExpertModule; their MoE
+        # block's top-k choice [N, k]; per site path the tokens its input rows are
+        self._per_expert: dict = {}
+        self._selected: dict[str, torch.Tensor] = {}
+        self.order: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         try:
-            self._hook_all(modules, parts, sites)
+            self._hook_all(modules, parts, sites, fused)
         except BaseException:
             self.close()
             raise
 
-    def _hook_all(self, modules, parts: _Parts, sites: list[Site]) -> None:
+    def _hook_all(self, modules, parts: _Parts, sites: list[Site], fused: dict) -> None:
         reg = self.handles.append
         reg(parts.first_layer.register_forward_pre_hook(self._embed_hook, with_kwargs=True))
         names = {w for _, w in parts.writers}
-        names |= {parts.writer_for(s.path) for s in sites if s.where == "input"}
+        names |= {parts.writer_for(fused[s.key].path if s.key in fused else s.path)
+                  for s in sites if s.where == "input"}  # fmt: skip
         for name in sorted(n for n in names if n in modules):
             hook = self._writer_hook(name, name in parts.post_norms)
             reg(modules[name].register_forward_hook(hook, with_kwargs=True))
-        for path in sorted({s.path for s in sites if s.where == "input"}):
+        from rejuv_cli.calib.experts import per_expert_module
+
+        for path in sorted({s.path for s in sites if s.where == "input" and s.path in modules}):
+            expert = per_expert_module(modules, path)
+            if expert is not None:
+                self._per_expert[path] = expert
+                if expert.block not in self._selected:  # one router hook per MoE block
+                    self._selected[expert.block] = torch.empty(0)
+                    reg(modules[expert.block].gate.register_forward_hook(
+                        self._router_hook(expert.block, expert.top_k)))  # fmt: skip
             reg(modules[path].register_forward_pre_hook(self._act_hook(path, True)))
+        for path in sorted({found.path for found in fused.values()}):
+            reg(modules[path].register_forward_hook(self._experts_hook(path), with_kwargs=True))
         for path in sorted({s.path for s in sites if s.where != "input"}):
             reg(modules[path].register_forward_hook(self._act_hook(path, False)))
         reg(parts.norm.register_forward_hook(self._norm_hook, with_kwargs=True))
@@ -88,11 +109,49 @@ class _Capture:
         return hook
 
     def _act_hook(self, path: str, is_input: bool):
+        from rejuv_cli.calib.experts import routed_order
+
         def hook(_module, args, output=None):
             raw = args[0] if is_input else _first(output)
+            expert = self._per_expert.get(path)
+            if expert is not None:  # rows: the tokens routed to this expert, in block order
+                order = routed_order(self._selected[expert.block], expert.index)
+                if order.numel() == raw.shape[0] and raw.dim() == 2:
+                    self.raw[path], self.acts[path], self.order[path] = raw, raw, order
+                return
             btd = _as_btd(raw, self.b, self.t)
             if btd is not None:
                 self.raw[path], self.acts[path] = raw, btd
+
+        return hook
+
+    def _router_hook(self, block: str, top_k: int):
+        def hook(_module, _args, output):
+            self._selected[block] = _first(output).topk(top_k, dim=-1).indices  # [N, k]
+
+        return hook
+
+    def at_positions(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        """An "input" site's activation-shaped tensor (the activation or its gradient) at the
+        selected positions, [P, I]: from [B, T, I] or [B·T, I], or, for a per-expert module,
+        from its routed rows (zero where the position was not routed to that expert)."""
+        order = self.order.get(path)
+        if order is None:
+            return _as_btd(x, self.b, self.t)[self.rows, self.ts]
+        row_of = torch.full((self.b * self.t,), -1, dtype=torch.long, device=x.device)
+        row_of[order.to(x.device)] = torch.arange(order.numel(), device=x.device)
+        picked = row_of[(self.rows * self.t + self.ts).to(x.device)]  # [P], -1: not routed
+        out = x.new_zeros(picked.shape[0], x.shape[-1])
+        out[picked >= 0] = x[picked[picked >= 0]]
+        return out
+
+    def _experts_hook(self, path: str):
+        from rejuv_cli.calib.experts import routing_args
+
+        def hook(_module, args, kwargs, output):
+            hidden, top_k = routing_args(args, kwargs)
+            weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+            self.experts[path] = (hidden, top_k, weights, _first(output))
 
         return hook
 
@@ -127,8 +186,9 @@ def attribution_scores(
     model = sft_model
     parts = _parts(model)
     modules = dict(model.named_modules())
-    present = [s for s in sites if s.path in modules]
-    missing = [s.key for s in sites if s.path not in modules]
+    fused = fused_sites(modules, sites)
+    present = [s for s in sites if s.path in modules or s.key in fused]
+    missing = [s.key for s in sites if s not in present]
     scores = {s.key: np.zeros(s.n_units) for s in present}
     errors: list[np.ndarray] = []
     logits: list[np.ndarray] = []
@@ -146,7 +206,8 @@ def attribution_scores(
         for batch, pos in zip(batches, positions, strict=True):
             if not pos:
                 continue
-            err, z, kind, bad = _attribute_batch(model, parts, batch, pos, present, scores, device)
+            err, z, kind, bad = _attribute_batch(model, parts, batch, pos, present, fused,
+                                                 scores, device)  # fmt: skip
             errors.append(err)
             logits.append(z)
             norm_kinds.add(kind)
@@ -173,8 +234,8 @@ def attribution_scores(
     return AttributionResult(scores, int(err.size), reconstruction, missing)
 
 
-def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site], scores,
-                     device) -> tuple[np.ndarray, np.ndarray, str, set[str]]:  # fmt: skip
+def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site], fused: dict,
+                     scores, device) -> tuple[np.ndarray, np.ndarray, str, set[str]]:  # fmt: skip
     """One batch: update `scores` in place; returns (|linearised − real| [P], real target
     logits [P], final-norm description, keys of sites not laid out per token)."""
     from accelerate.utils import align_module_device
@@ -183,7 +244,7 @@ def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site],
     b, t = ids.shape
     rows = torch.tensor([r for r, _ in pos], device=device)
     ts = torch.tensor([s for _, s in pos], device=device)
-    cap = _Capture(model, parts, sites, rows, ts, b, t)
+    cap = _Capture(model, parts, sites, fused, rows, ts, b, t)
     try:
         with torch.enable_grad(), refetch_offloaded_weights(model):
             out = model(input_ids=ids, attention_mask=attn, use_cache=False)
@@ -203,10 +264,12 @@ def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site],
             writes = [cap.outs[name].float() for _, name in parts.writers if name in cap.outs]
             resid = cap.h0.float() + parts.write_scale * sum(writes)  # [P, D]
             linear = (u * resid).sum(-1) + const
-            bad = {s.key for s in sites if s.path not in cap.acts}
+            bad = {s.key for s in sites if s.path not in cap.acts and s.key not in fused}
             ok = [s for s in sites if s.path in cap.acts]
             direct = u * parts.write_scale  # ∂z/∂(block write): the layer scales it first
             bad |= _direct(cap, parts, [s for s in ok if s.where == "input"], direct, scores)
+            experts = [s for s in sites if s.key in fused]
+            bad |= _experts_direct(cap, parts, model, experts, fused, direct, scores)
             _through(cap, z, pos, [s for s in ok if s.where != "input"], scores)
         err = (linear - z).abs().detach().cpu().double().numpy()
         return err, z.detach().cpu().double().numpy(), cap.norm_kind, bad
@@ -232,15 +295,74 @@ def _direct(cap: _Capture, parts: _Parts, sites: list[Site], u: torch.Tensor, sc
         grads = torch.autograd.grad(out, [cap.raw[p] for p in paths], grad_outputs=u.to(out.dtype),
                                     retain_graph=True, allow_unused=True)  # fmt: skip
         for path, g in zip(paths, grads, strict=True):
-            act = cap.acts[path][cap.rows, cap.ts].float()  # [P, I]
-            g = (torch.zeros_like(act) if g is None
-                 else _as_btd(g, cap.b, cap.t)[cap.rows, cap.ts].float())  # fmt: skip
+            act = cap.at_positions(path, cap.raw[path]).float()  # [P, I]
+            g = torch.zeros_like(act) if g is None else cap.at_positions(path, g).float()
             contrib = (act * g).abs()  # [P, I]
             for s in group:
                 if s.path == path:
                     part = contrib[:, s.offset : s.offset + s.n_units].max(0).values
                     np.maximum(scores[s.key], part.detach().cpu().double().numpy(),
                                out=scores[s.key])  # fmt: skip
+    return unplaced
+
+
+def fused_sites(modules: dict, sites: list[Site]) -> dict:
+    """Site key -> FusedExpert for the expert sites computed inside a fused experts module
+    (calib/experts.py), which have no module of their own."""
+    from rejuv_cli.calib.experts import fused_expert, fused_experts_modules
+
+    experts = [s for s in sites if s.where == "input" and s.path not in modules]
+    fused_modules = fused_experts_modules(modules) if experts else {}
+    found = {s.key: fused_expert(fused_modules, s.path) for s in experts}
+    return {key: f for key, f in found.items() if f is not None}
+
+
+def _experts_direct(cap: _Capture, parts: _Parts, model, sites: list[Site], fused: dict,
+                    u: torch.Tensor, scores) -> set[str]:  # fmt: skip
+    """Expert neurons of fused experts modules: at each selected position t routed to expert
+    e with weight r_e(t), the block write holds r_e(t) · W_down_e h_e(t), so neuron j
+    contributes h_j(t) · r_e(t) · ⟨W_down_e[:, j], g_t⟩, with g_t = ∂⟨u_t, write(t)⟩/∂(the
+    experts' output at t), taken by autograd from the block's write (shared-expert gates and
+    post-norms included). h_e(t) is recomputed for the selected positions routed to e only.
+    Returns the keys of sites whose block output is not laid out per token (not scored)."""
+    from rejuv_cli.calib.experts import expert_hidden
+
+    unplaced = set()
+    by_module: dict[str, list[tuple[Site, int]]] = {}
+    for s in sites:
+        by_module.setdefault(fused[s.key].path, []).append((s, fused[s.key].index))
+    flat = cap.rows * cap.t + cap.ts  # [P] the positions' rows in the experts' [B·T, H] input
+    for path, group in by_module.items():
+        writer = parts.writer_for(path)
+        if writer not in cap.outs or path not in cap.experts:
+            unplaced |= {s.key for s, _ in group}
+            continue
+        hidden, top_k, weights, out = cap.experts[path]
+        if hidden.shape[0] != cap.b * cap.t:
+            unplaced |= {s.key for s, _ in group}
+            continue
+        write = cap.outs[writer]
+        (g,) = torch.autograd.grad(write, [out], grad_outputs=u.to(write.dtype), retain_graph=True,
+                                   allow_unused=True)  # fmt: skip
+        if g is None:
+            continue  # no path from these experts to the write: contribution 0
+        g, x = g[flat].float(), hidden[flat].detach()  # [P, H] each
+        chosen, r = top_k[flat], weights[flat].float()  # [P, k] each
+        module = model.get_submodule(path)
+        for s, e in group:
+            slot = chosen == e  # [P, k]
+            routed = slot.any(-1)
+            if not routed.any():
+                continue
+            with torch.no_grad():
+                h = expert_hidden(module, x[routed], e).float()  # [P_e, I]
+                down = module.down_proj[e].float()  # [H, I], or [I, H] if transposed
+                g_units = g[routed] @ (down.T if getattr(module, "is_transposed", False)
+                                       else down)  # [P_e, I]  # fmt: skip
+                r_e = (r[routed] * slot[routed]).sum(-1, keepdim=True)  # [P_e, 1]
+                contrib = (h * r_e * g_units).abs()[:, s.offset : s.offset + s.n_units]
+            np.maximum(scores[s.key], contrib.max(0).values.cpu().double().numpy(),
+                       out=scores[s.key])  # fmt: skip
     return unplaced
 
 

@@ -88,6 +88,21 @@ def load_mask(path: Path, layout: UnitLayout) -> ResetMask:
     return ResetMask(selected, meta, _int(meta.get("target")), _int(meta.get("protected")))
 
 
+def mask_modules(path: Path) -> tuple[str, ...] | None:
+    """The modules a mask file was made for when they include an opt-in one (`whole_expert`,
+    which the default layout leaves out, so the layout must ask for it); else None (the default
+    modules, which hold every other mask's instances). None too when the file cannot be read:
+    `load_mask` then says why."""
+    from rejuv_cli.arch.units import resolve_modules
+
+    try:
+        _, meta = read_header(path)
+        modules = resolve_modules(meta.get("modules", "").split(","))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    return modules if "whole_expert" in modules else None
+
+
 def _int(text: str | None) -> int:
     # isascii: str.isdigit() also accepts digits int() refuses ("²"); 18 digits fit any count
     ok = isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 18

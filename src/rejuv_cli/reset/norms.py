@@ -118,12 +118,18 @@ def _accumulate(acc: np.ndarray, axis: int, r0: int, r1: int, v: np.ndarray) -> 
 
 
 def gather(layout: UnitLayout, norms: dict[str, TensorNorms], which: str) -> list[tuple]:
-    """Per instance: (incoming, outgoing) squared norms summed over the unit's slices."""
+    """Per instance: (incoming, outgoing) squared norms summed over the unit's slices. A
+    whole-tensor slice (`Slice.whole`) adds its whole tensor's squared norm (the sum of its
+    rows') to the one unit that owns it."""
     out = []
     for inst in layout.instances:
         inc, outg = np.zeros(inst.n_units), np.zeros(inst.n_units)
         for name, sl, offset in inst.tensors:
-            v = getattr(norms[name], which)[sl.axis][offset : offset + inst.n_units]
+            rows = getattr(norms[name], which)[sl.axis]
+            if sl.whole:
+                (outg if sl.out else inc)[offset] += rows.sum()
+                continue
+            v = rows[offset : offset + inst.n_units]
             if sl.out:
                 outg += v
             else:

@@ -37,6 +37,7 @@ class Scorer:
     entry: str
     params: dict[str, object] = field(default_factory=dict)  # ResetSettings field -> default
     data: bool = False  # needs calibration data and forward passes of the models
+    whole_experts: bool = False  # can score `whole_expert` units (docs/method.md section 3)
 
     def __call__(self, layout, base, sft, device, on_bytes=None, settings=None,
                  max_memory=None) -> UnitScores:  # fmt: skip
@@ -51,6 +52,7 @@ SCORERS: dict[str, Scorer] = {
         "weights only: joint relative drift ‖Δ‖/‖θ_b‖ over all of a unit's slices",
         "rejuv (docs/method.md section 3)",
         "rejuv_cli.reset.drift:score_drift",
+        whole_experts=True,
     ),
     "dormant": Scorer(
         "dormant",
@@ -79,3 +81,15 @@ SCORERS: dict[str, Scorer] = {
 }
 # Scorers that need --calib data and forward passes, in registry order.
 DATA_SCORERS = tuple(name for name, s in SCORERS.items() if s.data)
+
+
+def check_scorer_modules(select: str, modules: tuple[str, ...] | None) -> None:
+    """UsageError (one line) when `select` cannot rank the units of `modules`: whole experts
+    are scored only by the scorers that declare `whole_experts` (the activation scorers
+    measure single neurons)."""
+    from rejuv_cli.errors import UsageError
+
+    if modules and "whole_expert" in modules and not SCORERS[select].whole_experts:
+        able = ", ".join(f"--select {n}" for n, s in SCORERS.items() if s.whole_experts)
+        raise UsageError(f"--modules whole_expert: the {select} scorer ranks single neurons, "
+                         f"not whole experts; use {able} (or drop whole_expert)")  # fmt: skip

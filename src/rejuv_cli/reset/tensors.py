@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 class TensorReset:
     """The reset slices of one tensor, in stored coordinates.
 
-    rows: sorted indices along dim 0 (1-D tensors: element indices); cols: along dim 1.
+    rows: sorted indices along dim 0 (1-D tensors: element indices; a whole tensor of a
+    whole expert: every row); cols: along dim 1.
     *_out: those slices are outgoing weights (reinit zeroes them).
     *_values: float32 noise (shrink-perturb) or replacement values (reinit), shaped
     [len(rows), row_len] and [n_rows, len(cols)]; None in base mode.
@@ -52,6 +53,11 @@ def tensor_resets(
         if units.size == 0:
             continue
         for name, sl, offset in inst.tensors:
+            if sl.whole:  # the owning unit (a whole expert) takes every row of the tensor
+                if offset in units:
+                    rows.setdefault(name, []).append(np.arange(shapes[name][0]))
+                    side[(name, 0)] = sl.out
+                continue
             (rows if sl.axis == 0 else cols).setdefault(name, []).append(units + offset)
             side[(name, sl.axis)] = sl.out
     result = {}
@@ -66,6 +72,17 @@ def tensor_resets(
             _draw_values(tr, name, shapes[name], settings, norms[name])
         result[name] = tr
     return result
+
+
+def selected_tensors(layout: UnitLayout, mask: ResetMask) -> set[str]:
+    """The tensors a mask touches: every tensor of an instance with a selected unit, except the
+    whole tensors (whole experts) whose owning unit is not selected."""
+    names = set()
+    for inst in layout.instances:
+        selected = mask.selected.get(inst.key, np.zeros(0, bool))
+        if selected.any():
+            names.update(n for n, sl, owner in inst.tensors if not sl.whole or selected[owner])
+    return names
 
 
 def _draw_values(tr: TensorReset, name: str, shape, settings: ResetSettings, norms) -> None:

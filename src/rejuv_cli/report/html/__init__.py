@@ -7,12 +7,14 @@ Every number shown carries its `--fail-on` gate path: beside its label (row and 
 show their part of it) and on the cell itself (`data-path`, and the tooltip).
 
 Modules: cells (formatting, table cells), charts (colour scale, heatmap), bars (bar charts,
-entropy histogram), style (CSS), and one module per group of page sections.
+entropy histogram), style (CSS), and one module per group of page sections (routing: the
+mixture-of-experts routing section).
 """
 
 from __future__ import annotations
 
 from rejuv_cli.report.html.cells import FOOTER, esc, fmt
+from rejuv_cli.report.html.routing import _routing
 from rejuv_cli.report.html.style import CSS
 from rejuv_cli.report.html.summary import _comparison, _header, _output, _verdict
 from rejuv_cli.report.html.units import _sharpness, _units
@@ -37,6 +39,7 @@ def render_html(report: dict) -> str:
         _output(report),
         _weights(report),
         _units(report),
+        _routing(report),
         _sharpness(report),
         f"<footer>{esc(FOOTER)}</footer>",
         "</main></body></html>",
