@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all test-browser lint format demo bench handoff clean \
-	test-gpu bench-gpu digests bench-compare docs handoff-full
+	test-gpu bench-gpu digests bench-compare docs handoff-full bench-moe
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ test-gpu:  ## CUDA vs CPU on the tiny fixtures (~1-2 min) -> bench/results/gpu_t
 
 bench-gpu:  ## fuse on CUDA vs the I/O floor, ~1.5B-param pair (<4 min) -> bench/results/gpu_bench.md
 	PYTHONPATH=src DRY_RUN=$(DRY_RUN) $(PYTHON) bench/gpu_bench.py $(BENCH_ARGS)
+
+bench-moe: $(STAMP)  ## peak memory of diagnose / --select dormant: MoE vs dense, same size (~89M)
+	$(BIN)/python bench/moe_memory.py
+	$(BIN)/python docs/bench_tables.py
 
 bench-compare: $(STAMP)  ## fuse wall time vs REV, alternated: make bench-compare REV=<commit>
 	$(BIN)/python bench/compare_revs.py $(REV)

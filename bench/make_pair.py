@@ -2,6 +2,8 @@
 
     python bench/make_pair.py --preset demo  --out .demo         # ~0.1M params, a few seconds
     python bench/make_pair.py --preset bench --out .bench/pair   # ~301.5M params bf16, ~20 s
+    python bench/make_pair.py --preset moe --out .bench/moe       # Mixtral, 8 experts, ~89M
+    python bench/make_pair.py --preset moe-dense --out .bench/moe-dense  # Llama, same count
 
 Writes OUT/base and OUT/sft: real Hugging Face checkpoints (sharded safetensors + index,
 config.json, tokenizer with a chat template) made by `rejuv_cli.testing.synth.make_pair`, so
@@ -24,8 +26,24 @@ import time
 from pathlib import Path
 
 # Shapes only: everything else (vocab 128 for the demo, GQA, untied lm_head, special token
-# ids) comes from rejuv_cli.testing.synth's Llama defaults.
+# ids) comes from rejuv_cli.testing.synth's defaults for the family (Llama unless "family").
+# "moe" and "moe-dense" have the same parameter count (up to the routers' 8 × 512 per layer):
+# the dense MLP is as wide as the 8 experts together (8 × 704 = 5632), so the pair compares
+# what measuring experts costs against a dense model of the same size (bench/moe_memory.py).
+_MOE_SHAPE = dict(vocab_size=32000, hidden_size=512, num_hidden_layers=6,
+                  num_attention_heads=8, num_key_value_heads=4)  # fmt: skip
 PRESETS: dict[str, dict] = {
+    "moe": {
+        "family": "mixtral",
+        "max_shard_size": "100MB",
+        "config": dict(
+            _MOE_SHAPE, intermediate_size=704, num_local_experts=8, num_experts_per_tok=2
+        ),  # fmt: skip
+    },
+    "moe-dense": {
+        "max_shard_size": "100MB",
+        "config": dict(_MOE_SHAPE, intermediate_size=8 * 704),
+    },
     "demo": {
         "max_shard_size": "200KB",  # several shards even for a tiny model
         "config": dict(
@@ -98,7 +116,7 @@ def build(preset: str, out: Path, seed: int = 0, force: bool = False) -> tuple[P
     scratch.mkdir(parents=True)
     make_pair(
         scratch,
-        "llama",
+        spec.get("family", "llama"),
         seed=seed,
         max_shard_size=spec["max_shard_size"],
         config_overrides=spec["config"],

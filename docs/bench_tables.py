@@ -1,12 +1,14 @@
 """The README's benchmark figures, generated from the recorded results (`make bench`, `make docs`).
 
 Each block sits between `<!-- bench: NAME -->` and `<!-- /bench -->` in README.md and is
-written from bench/results/NAME_bench.json alone (no benchmark runs here):
+written from its result file in bench/results alone (no benchmark runs here):
 
   fuse   the fuse table (fusion, fusion + reset, the I/O floor, the naive script), the targets,
          the correctness check, start-up and the tools' own timers (bench/fuse_bench.py)
   sweep  `rejuv sweep` against the separate fuse + diagnose runs: wall time, peak RSS, ratio,
          agreement (bench/sweep_bench.py)
+  moe    peak RSS of `rejuv diagnose` and `--select dormant` on a mixture-of-experts pair and
+         a dense pair of the same size (bench/moe_memory.py, `make bench-moe`)
 
 Every block opens with one line naming the commit, the date and the machine the figures were
 measured on (the results' `provenance`, bench/provenance.py), in bold when the tree had
@@ -33,7 +35,8 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
 WIDTH = 95  # as docs/usage.py
 BLOCK = re.compile(r"(<!-- bench: (\S+) -->\n)(.*?)(<!-- /bench -->)", re.S)
-SOURCES = {"fuse": "fuse_bench.json", "sweep": "sweep_bench.json"}
+SOURCES = {"fuse": "fuse_bench.json", "sweep": "sweep_bench.json", "moe": "moe_memory.json"}
+REGENERATES = {"moe": "make bench-moe"}  # else `make bench`
 FUSE_LABELS = {
     "rejuv": "`rejuv fuse --reset 0` (fusion)",
     "reset": "`rejuv fuse` (fusion + 1% reset)",
@@ -101,7 +104,7 @@ def machine_summary(m: dict) -> str:
     return ", ".join(parts)
 
 
-def provenance_line(result: dict) -> str:
+def provenance_line(result: dict, command: str = "make bench") -> str:
     """`Measured at commit abc1234 (2026-12-03) on <machine>; `make bench` regenerates this.`"""
     p = provenance_of(result)
     commit = f"commit {p['commit_short']}" if p.get("commit_short") else "commit unknown"
@@ -110,7 +113,7 @@ def provenance_line(result: dict) -> str:
     date = (p.get("date") or "")[:10] or "date unknown"
     return (
         f"Measured at {commit} ({date}) on {machine_summary(p.get('machine') or {})}; "
-        "`make bench` regenerates this."
+        f"`{command}` regenerates this."
     )
 
 
@@ -237,7 +240,37 @@ def sweep_block(r: dict) -> str:
     return "\n\n".join([provenance_line(r), _fill(setup), table, _fill(result)])
 
 
-BLOCKS = {"fuse": fuse_block, "sweep": sweep_block}
+def moe_block(r: dict) -> str:
+    """Peak RSS of measuring an MoE pair against a dense pair of the same parameter count."""
+    pairs, ratio = r["pairs"], r["rss_ratio_moe_to_dense"]
+
+    def mib(run: dict) -> str:
+        return f"{run['peak_rss_bytes'] / 2**20:,.0f} MiB ({run['seconds']:g} s)"
+
+    table = "\n".join([
+        "| pair | parameters | units measured | not measured | `diagnose` peak RSS | "
+        "`fuse --select dormant` peak RSS |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {p['params'] / 1e6:.1f}M | {p['units_measured']:,} | {p['not_measured']} "
+          f"| {mib(p['diagnose'])} | {mib(p['dormant'])} |" for name, p in pairs.items()),
+    ])  # fmt: skip
+    setup = (
+        f"`rejuv diagnose` (BASE and SFT, unit activity and routing hooks) and `rejuv fuse "
+        f"--select dormant --dry-run --save-mask` (SFT, activity hooks), {r['samples']} "
+        "calibration examples of builtin:math, CPU float32, each in its own process; peak RSS "
+        "from the kernel. moe: Mixtral, 8 experts, top 2; moe-dense: Llama whose MLP is as "
+        "wide as the 8 experts together."
+    )
+    result = (
+        f"MoE / dense peak RSS: `diagnose` {ratio['diagnose']:.2f}, `--select dormant` "
+        f"{ratio['dormant']:.2f}. The expert hooks recompute one expert's activations at a time "
+        "for the tokens routed to it, never experts × tokens."
+    )
+    return "\n\n".join([provenance_line(r, REGENERATES["moe"]), _fill(setup), table,
+                        _fill(result)])  # fmt: skip
+
+
+BLOCKS = {"fuse": fuse_block, "sweep": sweep_block, "moe": moe_block}
 
 
 # -- the README ------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import edit_checkpoint, load_dir, run_cli
+from moe_reference import ROUTER, moe_inputs
 
 from rejuv_cli.report.schema import EACH, SCHEMA, check_gate, leaf_patterns, pattern_of
 from rejuv_cli.report.schema_spec import RunFlags
 
 CALIB = "builtin:math"
 FAST = ("--samples", "6", "--sharpness-draws", "0")
-ROUTER = {"mixtral": "block_sparse_moe.gate", "qwen2_moe": "mlp.gate", "qwen3_moe": "mlp.gate"}
 PLANT_DIM, PLANT_LAYER, PLANT_EXPERT = 5, 0, 1
 
 
@@ -62,38 +62,19 @@ def plant_dead_expert(src, dst, family: str, layer: int = PLANT_LAYER,
 
 
 def reference_routing(model_dir, family: str, sft_dir) -> list[dict]:
-    """Per MoE layer, from scratch: the MoE block's input (the post-attention norm's output,
-    captured by plain hooks) on the real tokens of diagnose's calibration batches, times the
-    router weight read from the safetensors files, in float64: expert counts of the top k and
-    the mean entropy of the softmax over all experts."""
-    from transformers import AutoModelForCausalLM
-
+    """Per MoE layer, from scratch: the MoE block's input (moe_reference.moe_inputs: plain
+    hooks) on the real tokens of diagnose's calibration batches, times the router weight read
+    from the safetensors files, in float64: expert counts of the top k and the mean entropy of
+    the softmax over all experts."""
     from rejuv_cli.calib.forward import prepare_calibration
     from rejuv_cli.settings import SETTINGS
 
     calib = prepare_calibration(CALIB, 6, SETTINGS["max_tokens"].default, sft_dir,
                                 torch.device("cpu"))  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    k = model.config.num_experts_per_tok
-    decoder = model.model.layers
-    captured: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(decoder))}
-    mask: list[torch.Tensor] = []
-
-    def keep(i):
-        return lambda _m, _a, out: captured[i].append(out.detach())
-
-    handles = [layer.post_attention_layernorm.register_forward_hook(keep(i))
-               for i, layer in enumerate(decoder)]  # fmt: skip
-    with torch.no_grad():
-        for ids, attn, _ in calib.batches:
-            model(input_ids=ids, attention_mask=attn, use_cache=False)
-            mask.append(attn.bool())
-    for h in handles:
-        h.remove()
+    k = json.loads((model_dir / "config.json").read_text())["num_experts_per_tok"]
     weights = load_dir(model_dir)
     out = []
-    for i in range(len(decoder)):
-        hidden = torch.cat([h[m] for h, m in zip(captured[i], mask, strict=True)]).double()
+    for i, hidden in enumerate(moe_inputs(model_dir, calib.batches)):
         w = weights[f"model.layers.{i}.{ROUTER[family]}.weight"].double()  # [E, H]
         logits = hidden @ w.T
         counts = torch.bincount(logits.topk(k, dim=-1).indices.flatten(), minlength=w.shape[0])
