@@ -67,6 +67,9 @@ def main() -> int:
         report = json.loads((out / "diagnose.json").read_text())
         row["units_measured"] = report["units"]["units"]
         row["not_measured"] = len(report["units"]["not_measured"])
+        row["unrouted"] = len(report["units"]["unrouted"])  # experts no calibration token reached
+        row["experts"] = sum(len(layer["share"]) for layer in (report["routing"] or {}).get(
+            "layers", []))  # fmt: skip
         rows[preset] = row
     ratios = {name: rows["moe"][name]["peak_rss_bytes"] / rows["moe-dense"][name]["peak_rss_bytes"]
               for name in ("diagnose", "dormant")}  # fmt: skip

@@ -261,10 +261,15 @@ def moe_block(r: dict) -> str:
         "from the kernel. moe: Mixtral, 8 experts, top 2; moe-dense: Llama whose MLP is as "
         "wide as the 8 experts together."
     )
+    moe = pairs["moe"]
     result = (
         f"MoE / dense peak RSS: `diagnose` {ratio['diagnose']:.2f}, `--select dormant` "
         f"{ratio['dormant']:.2f}. The expert hooks recompute one expert's activations at a time "
-        "for the tokens routed to it, never experts × tokens."
+        "for the tokens routed to it, never experts × tokens. The synthetic pair's random router "
+        f"sends most tokens to a few experts: {moe['unrouted']} of its {moe['experts']} experts "
+        "got no calibration token (listed under `units.unrouted`, hence fewer units measured), "
+        "so the experts computed here are fewer than in a trained, balanced MoE; the hooks' "
+        "extra memory is bounded by one expert's routed tokens either way."
     )
     return "\n\n".join([provenance_line(r, REGENERATES["moe"]), _fill(setup), table,
                         _fill(result)])  # fmt: skip
