@@ -253,12 +253,27 @@ def test_check_mode(tmp_path, capsys):
     assert bench_tables.main([*args, "--check"]) == 0
 
 
+def test_moe_block_shows_the_measured_peaks_and_their_ratio():
+    """Every figure of the MoE memory block comes from its JSON: both pairs' peak RSS in MiB,
+    the MoE / dense ratios recomputed from them, the unrouted experts."""
+    r = json.loads((ROOT / "bench" / "results" / "moe_memory.json").read_text())
+    block = bench_tables.moe_block(r)
+    pairs = r["pairs"]
+    for run in ("diagnose", "dormant"):
+        for p in pairs.values():
+            assert f"{p[run]['peak_rss_bytes'] / 2**20:,.0f} MiB" in block
+        ratio = pairs["moe"][run]["peak_rss_bytes"] / pairs["moe-dense"][run]["peak_rss_bytes"]
+        assert f"{ratio:.2f}" in block
+    assert f"{pairs['moe']['unrouted']} of its {pairs['moe']['experts']} experts" in block
+    assert "`make bench-moe` regenerates this" in block
+
+
 def test_readme_blocks_are_the_recorded_results():
     """The README cannot drift from bench/results/*.json: `make bench` (or `make docs`)
     rewrites the blocks; after a hand edit of a figure, this fails."""
     text = (ROOT / "README.md").read_text()
-    assert sorted(bench_tables.blocks(text)) == ["fuse", "sweep"], (
-        "README.md needs one `<!-- bench: fuse -->` and one `<!-- bench: sweep -->` block, "
+    assert sorted(bench_tables.blocks(text)) == ["fuse", "moe", "sweep"], (
+        "README.md needs one `<!-- bench: NAME -->` block for each of fuse, moe and sweep, "
         "each closed by `<!-- /bench -->`"
     )
     assert text == bench_tables.render(text, bench_tables.load()), (
