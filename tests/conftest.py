@@ -128,13 +128,15 @@ def fails(result, code: int, *fragments: str, one_line: bool = False) -> str:
     return lines[0]
 
 
-def kill_mlp_unit(src: Path, dst: Path, layer: int = 1, unit: int = 5) -> None:
-    """A copy of llama checkpoint `src` in `dst` with one MLP unit dead: zero gate and up rows."""
+def kill_mlp_unit(src: Path, dst: Path, layer: int = 1, unit: int = 5, mlp: str = "mlp.",
+                  projections: tuple[str, str] = ("gate_proj", "up_proj")) -> None:  # fmt: skip
+    """A copy of checkpoint `src` in `dst` with one MLP unit dead: its gate and up rows zeroed
+    (h = act(0)·0 = 0). `mlp`: the MLP's prefix in the layer (an expert's, for MoE)."""
 
     def kill(state):
         hit = False
-        for proj in ("gate_proj", "up_proj"):
-            name = f"model.layers.{layer}.mlp.{proj}.weight"
+        for proj in projections:
+            name = f"model.layers.{layer}.{mlp}{proj}.weight"
             if name in state:
                 state[name][unit] = 0
                 hit = True

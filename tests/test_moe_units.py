@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import edit_checkpoint, run_cli
+from conftest import kill_mlp_unit, run_cli
 from moe_reference import EXPERTS, expert_sums
 from test_data_scorers import ranked_first
 from test_routing import plant_dead_expert
@@ -119,22 +119,6 @@ def test_diagnose_measures_every_unit_of_an_moe(moe_pairs, family):
     assert units["units"] == experts_units + shared + layers * heads
 
 
-def _kill_expert_neuron(src, dst, family: str, layer: int, expert: int, unit: int) -> None:
-    """SFT with one expert neuron dead: its gate and up rows zeroed (h_j = silu(0)·0 = 0)."""
-    prefix, gate, up = EXPERTS[family]
-
-    def kill(state):
-        hit = False
-        for proj in (gate, up):
-            name = f"model.layers.{layer}.{prefix.format(e=expert)}{proj}.weight"
-            if name in state:
-                state[name][unit] = 0
-                hit = True
-        return hit
-
-    edit_checkpoint(src, dst, kill)
-
-
 def _dry_run(base, sft, *flags) -> dict:
     """The units a fuse run would reset (`--dry-run --save-mask`), as its JSON reports them."""
     out = Path(sft).parent
@@ -146,7 +130,9 @@ def _dry_run(base, sft, *flags) -> dict:
 
 def test_a_planted_dead_expert_neuron_ranks_first_under_dormant(moe_pairs, tmp_path):
     base, sft = moe_pairs["mixtral"]
-    _kill_expert_neuron(sft, tmp_path / "sft", "mixtral", layer=2, expert=3, unit=17)
+    prefix, gate, up = EXPERTS["mixtral"]
+    kill_mlp_unit(sft, tmp_path / "sft", layer=2, unit=17, mlp=prefix.format(e=3),
+                  projections=(gate, up))  # fmt: skip
     assert ranked_first(base, tmp_path / "sft", "dormant") == ("layers.2.expert.3", 17)
 
 
