@@ -42,7 +42,7 @@ the residual writes are not, and show up as reconstruction error. MoE expert neu
 fused experts module (transformers 5) have no module of their own: their contribution is
 h_j · r_e · ⟨W_down,e[:, j], g⟩ with h recomputed for the selected positions routed to the
 expert and g the derivative of the block's write with respect to the experts' output
-(`logit_attr._experts_direct`); per-expert modules (transformers 4) are mapped back to
+(`reset.expert_attr`); per-expert modules (transformers 4) are mapped back to
 positions through the router's top-k choice. A final norm not of
 the form gain ⊙ C(h) · s + β is used unfrozen ("unrecognised"), and a residual writer that is
 not an attention / MLP block output (e.g. parallel-block layouts) shows up as reconstruction
