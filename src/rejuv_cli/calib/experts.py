@@ -82,6 +82,22 @@ def per_expert_module(modules: dict[str, torch.nn.Module], path: str) -> ExpertM
     return ExpertModule(block_path, int(m["e"]), top_k)
 
 
+def watch_router(modules: dict[str, torch.nn.Module], expert: ExpertModule,
+                 selected: dict[str, torch.Tensor]):  # fmt: skip
+    """Hook the router of `expert`'s MoE block once per `selected`: every call stores its top-k
+    choice [N, k] (of the logits, as transformers 4's block takes it) in
+    selected[expert.block]. Returns the hook's handle, or None when the block is hooked."""
+    if expert.block in selected:
+        return None
+    selected[expert.block] = torch.empty(0)
+
+    def hook(_module, _args, output):
+        logits = output[0] if isinstance(output, tuple | list) else output  # [N, E]
+        selected[expert.block] = logits.topk(expert.top_k, dim=-1).indices
+
+    return modules[expert.block].gate.register_forward_hook(hook)
+
+
 def routed_order(selected: torch.Tensor, e: int) -> torch.Tensor:
     """The tokens a transformers-4 MoE block passes to expert e, in its order: it takes
     `torch.where` over the [k, N] one-hot of the top-k choice, so slot-major, token-minor.

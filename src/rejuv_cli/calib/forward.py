@@ -61,7 +61,12 @@ class ActivityRecorder:
     found in neither form are listed in `missing`."""
 
     def __init__(self, model, sites: list[Site], device: torch.device):
-        from rejuv_cli.calib.experts import fused_expert, fused_experts_modules, per_expert_module
+        from rejuv_cli.calib.experts import (
+            fused_expert,
+            fused_experts_modules,
+            per_expert_module,
+            watch_router,
+        )
 
         self.stats: dict[str, ActivityStats] = {}
         self.missing: list[str] = []
@@ -82,11 +87,8 @@ class ActivityRecorder:
             if found is not None:
                 fused.setdefault(found.path, []).append((site, found.index))
             elif (expert := per_expert_module(modules, site.path)) is not None:
-                if expert.block not in self._selected:  # one router hook per block
-                    self._selected[expert.block] = torch.empty(0)
-                    gate = modules[expert.block].gate
-                    self._handles.append(gate.register_forward_hook(
-                        self._router_hook(expert.block, expert.top_k)))  # fmt: skip
+                if (handle := watch_router(modules, expert, self._selected)) is not None:
+                    self._handles.append(handle)
                 hook = self._routed_hook(site, expert.block, expert.index)
                 self._handles.append(module.register_forward_pre_hook(hook))
             elif site.where == "input":
@@ -115,13 +117,6 @@ class ActivityRecorder:
             if real is not None:
                 rows = x.reshape(-1, x.shape[-1])[real.to(x.device)]
                 stats.update(rows[:, site.offset : site.offset + site.n_units])
-
-        return hook
-
-    def _router_hook(self, block: str, top_k: int):
-        def hook(_module, _args, output):
-            logits = output[0] if isinstance(output, tuple | list) else output  # [N, E]
-            self._selected[block] = logits.topk(top_k, dim=-1).indices  # [N, k]
 
         return hook
 

@@ -13,7 +13,6 @@ import torch
 from rejuv_cli.calib.forward import Site
 
 if TYPE_CHECKING:
-    from rejuv_cli.reset.logit_attr import _Capture
     from rejuv_cli.reset.model_parts import _Parts
 
 
@@ -28,9 +27,11 @@ def fused_sites(modules: dict, sites: list[Site]) -> dict:
     return {key: f for key, f in found.items() if f is not None}
 
 
-def experts_direct(cap: _Capture, parts: _Parts, model, sites: list[Site], fused: dict,
+def experts_direct(cap, parts: _Parts, model, sites: list[Site], fused: dict,
                     u: torch.Tensor, scores) -> set[str]:  # fmt: skip
-    """Expert neurons of fused experts modules: at each selected position t routed to expert
+    """`cap`: reset.logit_attr's capture of the batch (not imported: logit_attr imports this).
+
+    Expert neurons of fused experts modules: at each selected position t routed to expert
     e with weight r_e(t), the block write holds r_e(t) · W_down_e h_e(t), so neuron j
     contributes h_j(t) · r_e(t) · ⟨W_down_e[:, j], g_t⟩, with g_t = ∂⟨u_t, write(t)⟩/∂(the
     experts' output at t), taken by autograd from the block's write (shared-expert gates and

@@ -67,16 +67,14 @@ class _Capture:
         for name in sorted(n for n in names if n in modules):
             hook = self._writer_hook(name, name in parts.post_norms)
             reg(modules[name].register_forward_hook(hook, with_kwargs=True))
-        from rejuv_cli.calib.experts import per_expert_module
+        from rejuv_cli.calib.experts import per_expert_module, watch_router
 
         for path in sorted({s.path for s in sites if s.where == "input" and s.path in modules}):
             expert = per_expert_module(modules, path)
             if expert is not None:
                 self._per_expert[path] = expert
-                if expert.block not in self._selected:  # one router hook per MoE block
-                    self._selected[expert.block] = torch.empty(0)
-                    reg(modules[expert.block].gate.register_forward_hook(
-                        self._router_hook(expert.block, expert.top_k)))  # fmt: skip
+                if (handle := watch_router(modules, expert, self._selected)) is not None:
+                    reg(handle)
             reg(modules[path].register_forward_pre_hook(self._act_hook(path, True)))
         for path in sorted({found.path for found in fused.values()}):
             reg(modules[path].register_forward_hook(self._experts_hook(path), with_kwargs=True))
@@ -123,12 +121,6 @@ class _Capture:
             btd = _as_btd(raw, self.b, self.t)
             if btd is not None:
                 self.raw[path], self.acts[path] = raw, btd
-
-        return hook
-
-    def _router_hook(self, block: str, top_k: int):
-        def hook(_module, _args, output):
-            self._selected[block] = _first(output).topk(top_k, dim=-1).indices  # [N, k]
 
         return hook
 
