@@ -104,6 +104,35 @@ def edit_checkpoint(src: Path, dst: Path, edit) -> None:
             save_file(state, f, metadata={"format": "pt"})
 
 
+def noisy_copy(src: Path, dst: Path, seed: int = 0, scale: float = 0.01) -> Path:
+    """A copy of checkpoint `src` with seeded Gaussian noise (`scale`) added to every floating
+    tensor: a BASE that differs from `src` in every tensor, for tests whose fixture trains one
+    model only."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def perturb(state):
+        for k, v in state.items():
+            if v.is_floating_point():
+                noise = torch.randn(v.shape, generator=gen, dtype=torch.float32)
+                state[k] = (v.float() + scale * noise).to(v.dtype)
+        return True
+
+    edit_checkpoint(src, dst, perturb)
+    return dst
+
+
+def bf16_copy(src: Path, dst: Path) -> Path:
+    """A copy of checkpoint `src` with every float32 tensor rounded to bf16: what the temporary
+    copy for forward passes holds for an input read in float32 but stored as bf16 (LoRA targets
+    over a bf16 BASE, dequantized FP8, fp32 training shards whose config declares bf16)."""
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        state = {k: v.to(torch.bfloat16) if v.dtype == torch.float32 else v
+                 for k, v in load_file(f).items()}  # fmt: skip
+        save_file(state, f, metadata={"format": "pt"})
+    return dst
+
+
 def bits(t: torch.Tensor) -> bytes:
     """The exact bytes of a tensor (for bit-for-bit comparisons, NaN- and -0.0-safe)."""
     return t.contiguous().view(torch.uint8).numpy().tobytes()

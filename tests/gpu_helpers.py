@@ -254,7 +254,7 @@ def ordered_bits(t) -> object:
     import torch
 
     size = t.element_size()
-    view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
+    view = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[size]
     raw = t.contiguous().view(view).numpy().astype(np.int64)
     magnitude = raw & ((1 << (8 * size - 1)) - 1)
     return np.where(raw < 0, -magnitude, magnitude)

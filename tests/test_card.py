@@ -22,7 +22,8 @@ TAGS = "library_name: transformers\ntags:\n- rejuv\n- rejuvenation\n- merge\n- s
 def _model(spec: str, repo_id: str | None) -> dict:
     return {"spec": spec, "path": f"/data/{spec.strip('./')}", "repo_id": repo_id,
             "revision": None, "commit": COMMIT if repo_id else None,
-            "tensor_digest": "f" * 32}  # fmt: skip
+            "tensor_digest": "f" * 32, "format": "safetensors",
+            "input": {"format": "safetensors"}}  # fmt: skip
 
 
 def _reset(select: str = "drift", mask_scorer: str | None = None) -> dict:
@@ -69,8 +70,9 @@ def test_hub_ids_are_the_base_models():
         "---\nbase_model:\n- acme/base\n- acme/sft\nbase_model_relation: merge\n" + TAGS
     )
     assert "local director" not in card
-    assert f"| BASE | `acme/base` | commit `{COMMIT}` |\n" in card
-    assert f"| SFT | `acme/sft@v1` | commit `{COMMIT}` |\n\n## Recipe\n" in card
+    read_as = "Hugging Face safetensors"
+    assert f"| BASE | `acme/base` | {read_as} | commit `{COMMIT}` |\n" in card
+    assert f"| SFT | `acme/sft@v1` | {read_as} | commit `{COMMIT}` |\n\n## Recipe\n" in card
 
 
 def test_a_local_base_with_a_hub_sft_lists_only_the_hub_id():

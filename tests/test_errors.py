@@ -186,7 +186,7 @@ def test_missing_input_and_bad_hub_id(llama, tmp_path):
     "args, fragment",
     [
         (["--alpha", "1.5"], "--alpha: must be >= 0.0 and <= 1.0 (got 1.5)"),
-        (["--dtype", "int8"], "--dtype: must be one of auto, bf16, fp16, fp32 (got 'int8')"),
+        (["--dtype", "int8"], "--dtype: must be one of auto, bf16, fp16, fp32, fp8 (got 'int8')"),
         (["--shard-size", "lots"], "--shard-size: not a size"),
         (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N (got 'tpu')"),
     ],
@@ -204,7 +204,7 @@ def test_bad_recipe_is_reported_with_file_and_keys(llama, tmp_path):
     err = fails(run_cli("fuse", *llama, "--out", tmp_path / "o", "--recipe", recipe), 1)
     assert f"{recipe}: fuse.alpha: must be >= 0.0 and <= 1.0 (got 1.5)" in err
     assert f"{recipe}: fuse.rules[0].alpha[1]: must be a number" in err
-    assert f"{recipe}: output.dtype: must be one of auto, bf16, fp16, fp32 (got 'int4')" in err
+    assert f"{recipe}: output.dtype: must be one of auto, bf16, fp16, fp32, fp8 (got 'int4')" in err
 
 
 def test_interrupt_exits_130_and_leaves_no_output(llama, tmp_path, monkeypatch):

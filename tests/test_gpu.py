@@ -325,6 +325,35 @@ def test_fusion_alphas_and_dtypes_match_cpu(pairs, kit, tmp_path, record, args):
     record.equal(f"files differing (of {n})", bad, [])
 
 
+@pytest.fixture(scope="module")
+def fp8_pair(tmp_path_factory):
+    """A llama pair (hidden 256, intermediate 200) as block-scaled FP8 checkpoints
+    (tests/producers_fp8.py)."""
+    from producers_fp8 import LLAMA, write_fp8
+
+    from rejuv_cli.testing.synth import make_pair
+
+    root = tmp_path_factory.mktemp("fp8")
+    base, sft = make_pair(root / "pair", "llama", seed=11, config_overrides=LLAMA,
+                          max_shard_size="200KB")  # fmt: skip
+    return write_fp8(base, root / "fp8_base"), write_fp8(sft, root / "fp8_sft")
+
+
+@pytest.mark.parametrize("dtype", ["auto", "fp8"])
+def test_fp8_inputs_match_cpu(fp8_pair, dtype, kit, tmp_path, record):
+    """FP8 inputs (dequantized on the CPU as they are read), fused, reset (the default drift
+    reset) and, with --dtype fp8, re-quantized on the device (block amax, division by the
+    stored scale, clamp, cast to e4m3: all exact or correctly rounded): the same bytes."""
+    args = ("--dtype", dtype, "--shard-size", "150KB")
+    fuse(*fp8_pair, tmp_path / "cpu", "cpu", *args)
+    fuse(*fp8_pair, tmp_path / "dev", kit.device, *args)
+    diff = checkpoint_diff(tmp_path / "cpu", tmp_path / "dev")
+    record.note("tensors compared", diff["tensors"])
+    record.at_most("elements differing", diff["differing_elements"], 0)
+    bad, n = differing_files(tmp_path / "cpu", tmp_path / "dev", VARYING)
+    record.equal(f"files differing (of {n})", bad, [])
+
+
 RESET_MODES = {
     "base": (),
     "base-omega0.25": ("--omega", "0.25"),

@@ -11,7 +11,10 @@ so each layout was checked once against the producer itself:
   (lm_head, embeddings and norms stay bf16). `FineGrainedFP8Config` refuses to quantize without
   a GPU ("A GPU or XPU is needed for FP8 quantization"); with CUDA mocked it quantized and
   saved a tiny Llama on this CPU, and `fp8_block_quantize` below gave the same bytes for every
-  128-divisible weight. config.json: DeepSeek-V3's `quantization_config`.
+  128-divisible weight. config.json: DeepSeek-V3's `quantization_config`. That layout is now
+  read (tests/test_fp8.py); refused here: its per-tensor variant (a quantization_config without
+  weight_block_size; a 32x64 weight's one 128x128 block is its one scale), and block scales
+  declared only under text_config or without any quantization_config.
 - bitsandbytes int8 and 4-bit (nf4): bitsandbytes 0.50.2 (pip download; it runs on CPU) with
   transformers 5.24 `BitsAndBytesConfig(load_in_8bit / load_in_4bit)`, from_pretrained +
   save_pretrained of a tiny Llama: int8 = `weight` I8 [out, in] + `SCB` F32 [out] +
@@ -60,6 +63,8 @@ FP8_CONFIG = {  # DeepSeek-V3 config.json
     "quant_method": "fp8",
     "weight_block_size": [128, 128],
 }
+# transformers FineGrainedFP8Config(weight_block_size=None): one scale per tensor
+FP8_PER_TENSOR_CONFIG = {k: v for k, v in FP8_CONFIG.items() if k != "weight_block_size"}
 BNB_COMMON = {
     "bnb_4bit_quant_storage": "uint8",
     "bnb_4bit_use_double_quant": False,
@@ -253,16 +258,16 @@ def one_error_line(result, *fragments: str) -> str:
 # ---- refusals, end to end ------------------------------------------------------------------
 # id -> (side quantized, tensors, config edit, fragments the one line must contain)
 QUANTIZED = {
-    "fp8-sft": ("SFT", fp8_tensors, with_quant_config(FP8_CONFIG),
-                ["SFT is quantized: FP8 with block scales (weight_scale_inv, "
+    "fp8-sft": ("SFT", fp8_tensors, with_quant_config(FP8_PER_TENSOR_CONFIG),
+                ["SFT is quantized: FP8 with per-tensor scales (weight_scale_inv, "
                  "quantization_config.quant_method=fp8)", "(F8_E4M3 [",
                  "dequantize to bf16 first (e.g. AutoModelForCausalLM.from_pretrained(DIR, "
                  "quantization_config=FineGrainedFP8Config(dequantize=True)"]),
     "fp8-sft-text-config": ("SFT", fp8_tensors, with_quant_config(FP8_CONFIG, "text_config"),
                             ["SFT is quantized: FP8 with block scales", "weight_scale_inv",
                              "text_config.quantization_config.quant_method=fp8"]),
-    "fp8-base": ("BASE", fp8_tensors, with_quant_config(FP8_CONFIG),
-                 ["BASE is quantized: FP8 with block scales", "weight_scale_inv"]),
+    "fp8-base": ("BASE", fp8_tensors, with_quant_config(FP8_PER_TENSOR_CONFIG),
+                 ["BASE is quantized: FP8 with per-tensor scales", "weight_scale_inv"]),
     "gptq-sft": ("SFT", gptq_tensors, with_quant_config(GPTQ_CONFIG),
                  ["SFT is quantized: GPTQ 4-bit (qweight, qzeros, scales, "
                   "quantization_config.quant_method=gptq), e.g. tensor 'model.layers.0.",
@@ -314,7 +319,7 @@ def test_both_quantized_named_in_one_line(quantized, tmp_path):
     sft = quantized["bnb-int8-sft"][1]
     one_error_line(
         run_cli("fuse", base, sft, "--out", tmp_path / "o"),
-        "BASE is quantized: FP8 with block scales",
+        "BASE is quantized: FP8 with per-tensor scales",
         "SFT is quantized: bitsandbytes int8",
     )
     assert not (tmp_path / "o").exists()
@@ -324,10 +329,10 @@ def test_diagnose_weights_only_refuses_quantized_sft(llama, quantized, tmp_path)
     report = tmp_path / "r.json"
     sft = quantized["fp8-sft"][1]
     r = run_cli("diagnose", llama[0], sft, "--weights-only", "--json", report)
-    one_error_line(r, "SFT is quantized: FP8 with block scales (weight_scale_inv")
+    one_error_line(r, "SFT is quantized: FP8 with per-tensor scales (weight_scale_inv")
     assert not report.exists()
     r = run_cli("diagnose", *llama, "--candidate", sft, "--weights-only", "--json", report)
-    one_error_line(r, "CANDIDATE is quantized: FP8 with block scales")
+    one_error_line(r, "CANDIDATE is quantized: FP8 with per-tensor scales")
     assert not report.exists()
 
 

@@ -19,9 +19,11 @@ import torch
 import xxhash
 
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE, torch_dtype
+from rejuv_cli.checkpoint.fp8 import SCALE_SUFFIX
 from rejuv_cli.checkpoint.source import TensorSource
 from rejuv_cli.checkpoint.stream import Buffers, PairedChunk, PairedStream, TensorPair, row_length
 from rejuv_cli.errors import NonFiniteError
+from rejuv_cli.ops.fp8 import dequantize, quantize_rows
 from rejuv_cli.ops.fuse import all_finite, fuse_into
 from rejuv_cli.ops.reset import reset_values
 from rejuv_cli.plan import BASE, FUSE, FusePlan, TensorPlan
@@ -40,14 +42,16 @@ class ExecStats:
 
 @dataclass(frozen=True)
 class ShardTensor:
-    """One output tensor and the shard file it goes to."""
+    """One output tensor and the shard file it goes to; with `scale`, the block scales of
+    `plan`'s tensor (`<name>_scale_inv`, --dtype fp8) rather than the tensor itself."""
 
     filename: str
     plan: TensorPlan
+    scale: bool = False
 
     @property
     def name(self) -> str:
-        return self.plan.name
+        return self.plan.name + SCALE_SUFFIX if self.scale else self.plan.name
 
 
 class Executor:
@@ -70,21 +74,31 @@ class Executor:
         self.buffers = Buffers(pin=device.type == "cuda")
         self.stats = ExecStats()
         self._headers = {s.filename: s.header_bytes() for s in plan.shards}
+        self._offsets = {s.filename: s.offsets() for s in plan.shards}
 
     def run(self, out_dir: Path) -> ExecStats:
-        """Write every shard: header first, then each tensor's chunks in header order."""
+        """Write every shard: header first, then each tensor's chunks in header order. The one
+        exception, --dtype fp8: a weight's block scales are known only once its last chunk is
+        quantized, so they are written then, at their place in the header (which lists them
+        before the weight: wider dtypes first), and writing continues after the weight."""
         t0 = time.perf_counter()
-        f, shard = None, None
+        f, shard, pos = None, None, 0
         try:
-            for target, _start, _stop, out in self.outputs():
+            for target, start, _stop, out in self.outputs():
                 if target.filename != shard:
                     if f is not None:
                         _close(f)
                     shard = target.filename
                     f = open(out_dir / shard, "wb")  # noqa: SIM115 - one shard at a time
                     _write(f, self._headers[shard])
+                    pos = len(self._headers[shard])
                 data = out.contiguous().view(torch.uint8)
+                at = len(self._headers[shard]) + self._offsets[shard][target.name] + \
+                    start * out.element_size()  # fmt: skip
+                if at != pos:  # only around FP8 scales; every other chunk follows the last
+                    f.seek(at)
                 _write(f, data.numpy())
+                pos = at + data.numel()
                 self.stats.bytes_written += data.numel()
                 self.on_bytes(data.numel())
             if f is not None:
@@ -99,36 +113,69 @@ class Executor:
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
-    def outputs(self) -> Iterator[tuple[ShardTensor, int, int, torch.Tensor]]:
+    def outputs(
+        self, dequantized: bool = False
+    ) -> Iterator[tuple[ShardTensor, int, int, torch.Tensor]]:
         """Every output chunk in shard and header order: (tensor, start, stop, values), the
         values being elements [start, stop) of the flattened output tensor in its output dtype
         on the CPU (a reused buffer: consume it before the next). `run` writes these bytes;
         `rejuv sweep` copies the same values into a model in memory. Input digests are in
-        `stats.digests` once the iteration is done."""
+        `stats.digests` once the iteration is done.
+
+        Under --dtype fp8 a re-quantized tensor's chunks hold whole blocks of rows, its values
+        are the FP8 codes, and its block scales follow its last chunk as one more output (not
+        at their header place; `run` seeks). `dequantized`: instead, the values a loader
+        reconstructs from them (codes × scales, float32), and no scale outputs."""
         stream = PairedStream(self.base, self.sft, self.device, digest=True)
+        scales: list[torch.Tensor] = []
         for chunk in stream.chunks(self._pairs()):
-            yield chunk.pair.tag, chunk.start, chunk.stop, self._output_chunk(chunk)
+            target = chunk.pair.tag
+            fp8 = self.plan.fp8.get(target.name)
+            if fp8 is None:
+                yield target, chunk.start, chunk.stop, self._output_chunk(chunk)
+                continue
+            cols = target.plan.sft.shape[1]
+            values = self._output_chunk(chunk, "F32", on_device=True).view(-1, cols)
+            q, s = quantize_rows(values, fp8.block, torch_dtype(fp8.scale_dtype))
+            if dequantized:
+                yield target, chunk.start, chunk.stop, dequantize(q, s, fp8.block).view(-1).cpu()
+                continue
+            yield target, chunk.start, chunk.stop, q.view(-1).cpu()
+            scales.append(s.cpu())
+            if chunk.stop == target.plan.sft.numel:  # the weight's last chunk: its scales
+                grid = torch.cat(scales).view(-1)
+                scales = []
+                yield ShardTensor(target.filename, target.plan, scale=True), 0, grid.numel(), grid
         self.stats.digests = stream.digests()
 
     def _pairs(self) -> Iterator[TensorPair]:
-        """Output tensors in shard and header order; tag = ShardTensor."""
+        """Output tensors in shard and header order (FP8 block scales left out: they come with
+        their weight); tag = ShardTensor."""
         by_name = self.plan.by_name()
         for shard in self.plan.shards:
             for entry in shard.ordered():
+                if entry.attached:
+                    continue
                 tp = by_name[entry.name]
                 base = tp.base.name if tp.base is not None else None
                 tag = ShardTensor(shard.filename, tp)
-                yield TensorPair(tp.sft.shape, tp.name, base, tp.base_rows, tag)
+                fp8 = self.plan.fp8.get(tp.name)
+                rows = fp8.block[0] if fp8 is not None else 1
+                yield TensorPair(tp.sft.shape, tp.name, base, tp.base_rows, tag, rows)
 
-    def _output_chunk(self, c: PairedChunk) -> torch.Tensor:
-        """The output values of one chunk (fused, reset, or SFT's own), checked finite."""
+    def _output_chunk(self, c: PairedChunk, code: str | None = None,
+                      on_device: bool = False) -> torch.Tensor:  # fmt: skip
+        """The output values of one chunk (fused, reset, or SFT's own), checked finite; in
+        dtype `code` (default: the planned output dtype), on the CPU unless `on_device`."""
         tp = c.pair.tag.plan
-        out_dtype = torch_dtype(tp.out_dtype)
+        code = code or tp.out_dtype
+        out_dtype = torch_dtype(code)
         if c.base is not None:
-            out = self._combine(tp, c, out_dtype)
+            out = self._combine(tp, c, code, on_device)
             origin = {FUSE: "fused", BASE: "BASE"}.get(tp.action, "SFT")
         else:
             out = c.sft if c.sft.dtype == out_dtype else c.sft.to(out_dtype)  # exact SFT bytes
+            out = out.to(self.device) if on_device else out
             origin = "SFT"
         if not all_finite(out):
             raise NonFiniteError(
@@ -137,12 +184,15 @@ class Executor:
             )
         return out
 
-    def _combine(self, tp: TensorPlan, c: PairedChunk, out_dtype) -> torch.Tensor:
-        """One chunk of the planned action and reset, on the device; returns a CPU tensor."""
+    def _combine(self, tp: TensorPlan, c: PairedChunk, code: str,
+                 on_device: bool = False) -> torch.Tensor:  # fmt: skip
+        """One chunk of the planned action and reset in dtype `code`, on the device; returns a
+        CPU tensor unless `on_device` (a reused buffer on the CPU either way)."""
         alpha = tp.alpha if tp.action == FUSE else 0.0 if tp.action == BASE else 1.0
         b, s = c.base, c.sft
         n = s.numel()
-        out = self.buffers.get("out", n * ITEMSIZE[tp.out_dtype]).view(out_dtype)
+        out_dtype = torch_dtype(code)
+        out = self.buffers.get("out", n * ITEMSIZE[code]).view(out_dtype)
         if self.device.type == "cpu":
             scratch = self.buffers.get("f32", n * 4).view(torch.float32)
             fuse_into(out, b, s, alpha, scratch)
@@ -153,6 +203,8 @@ class Executor:
         result = torch.empty(n, dtype=out_dtype, device=self.device)
         fuse_into(result, b, s, alpha, torch.empty(n, dtype=torch.float32, device=self.device))
         self._reset(tp, c, result, b, s, alpha)
+        if on_device:
+            return result
         out.copy_(result)
         return out
 

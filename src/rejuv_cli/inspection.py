@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from rejuv_cli.arch.units import (
     count_experts,
@@ -12,14 +13,33 @@ from rejuv_cli.arch.units import (
     module_instances,
     unaccounted,
 )
+from rejuv_cli.checkpoint.formats import detect_format, open_source
 from rejuv_cli.checkpoint.names import check_layers_stored, ties_embeddings
-from rejuv_cli.checkpoint.reader import Checkpoint
+from rejuv_cli.checkpoint.source import ModelSource
 from rejuv_cli.errors import ArchError, CheckpointError
 from rejuv_cli.pairing import layer_count, n_layers
 
 
-def inspect_checkpoint(ckpt: Checkpoint) -> dict:
-    """A JSON-ready description of one checkpoint; reads headers only."""
+def inspect_input(path: Path, base: Path | None, config_from: Path | None) -> dict:
+    """`rejuv inspect`'s report for directory `path`, whatever input form it is. A LoRA adapter
+    without `base` is described by its own files (rank, targets, ...); with it, as the model
+    it makes. Reads headers, configs and (for an adapter) no tensor data."""
+    if detect_format(path) == "peft-lora" and base is None:
+        from rejuv_cli.checkpoint.lora import describe_adapter
+
+        return {"path": str(path), "format": "peft-lora", "input": describe_adapter(path),
+                "adapter_only": True, "warnings": []}  # fmt: skip
+    base_src = open_source(base, "BASE", config_from=config_from) if base is not None else None
+    try:
+        with open_source(path, "MODEL", base_src, config_from) as source:
+            return inspect_checkpoint(source)
+    finally:
+        if base_src is not None:
+            base_src.close()
+
+
+def inspect_checkpoint(ckpt: ModelSource) -> dict:
+    """A JSON-ready description of one model; reads headers only."""
     names = set(ckpt.tensors)
     depth = n_layers(ckpt)
     files = ckpt.weight_files()
@@ -31,6 +51,7 @@ def inspect_checkpoint(ckpt: Checkpoint) -> dict:
     report = {
         "path": str(ckpt.root),
         "format": ckpt.format,
+        "input": ckpt.describe(),  # the input form: world size, adapter rank, quantization
         "model_type": ckpt.config.get("model_type"),
         "layers": depth,
         "experts": count_experts(names),

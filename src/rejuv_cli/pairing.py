@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rejuv_cli.arch.units import embeddings, stored_as
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES
+from rejuv_cli.checkpoint.fp8 import Fp8Checkpoint
 from rejuv_cli.checkpoint.names import (
     check_layers_stored,
     check_same_names,
@@ -104,10 +105,14 @@ def check_same_architecture(base: Checkpoint, sft: Checkpoint) -> None:
 
 
 def check_not_quantized(*ckpts: Checkpoint) -> None:
-    """QuantizedError naming every quantized input, its format and one example tensor."""
+    """QuantizedError naming every quantized input, its format and one example tensor.
+    Block-scaled FP8 read through `Fp8Checkpoint` is not: it reads dequantized weights, and
+    refused anything else quantized when it was opened."""
     found: list[str] = []
     hints: list[str] = []
     for ckpt in ckpts:
+        if isinstance(ckpt, Fp8Checkpoint):
+            continue
         table = {name: (t.dtype, t.shape) for name, t in ckpt.tensors.items()}
         what = detect_quantization(ckpt.config, table)
         if what is not None:
@@ -179,7 +184,8 @@ def pair_tensors(base: Checkpoint, sft: Checkpoint, purpose: str = "fuse") -> Pa
 
 def _check_dtypes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft: Checkpoint):
     """Floats (F16/BF16/F32/F64, any mix) fuse; any other dtype must be the same on both sides
-    and is copied. FP8 never gets here (check_not_quantized); refused again, to be sure."""
+    and is copied. FP8 codes never get here (check_not_quantized; Fp8Checkpoint lists its
+    weights dequantized, as F32); refused again, to be sure."""
     if b.dtype in FUSABLE_CODES and s.dtype in FUSABLE_CODES:
         return
     if "F8" in b.dtype or "F8" in s.dtype:

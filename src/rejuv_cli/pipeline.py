@@ -14,8 +14,10 @@ from pathlib import Path
 
 from rejuv_cli import __version__
 from rejuv_cli.arch.layout import UnitLayout
-from rejuv_cli.checkpoint.reader import Checkpoint
+from rejuv_cli.checkpoint.formats import open_source
 from rejuv_cli.checkpoint.resolve import ResolvedModel, resolve_model
+from rejuv_cli.checkpoint.source import ModelSource
+from rejuv_cli.checkpoint.staging import drop_staged
 from rejuv_cli.errors import ArchError, CheckpointError
 from rejuv_cli.plan import FusePlan, build_plan
 from rejuv_cli.recipe import Recipe
@@ -37,6 +39,7 @@ class FuseJob:
     mask_in: Path | None = None  # --mask: reuse these units, skip scoring
     mask_out: Path | None = None  # --save-mask
     max_memory: int | None = None  # --max-memory: model weights budget of the data scorers
+    config_from: Path | None = None  # --config-from: config/tokenizer for inputs with none
 
 
 @dataclass
@@ -44,8 +47,8 @@ class Prepared:
     job: FuseJob
     base_model: ResolvedModel
     sft_model: ResolvedModel
-    base: Checkpoint
-    sft: Checkpoint
+    base: ModelSource
+    sft: ModelSource
     plan: FusePlan
     plan_seconds: float
     layout: UnitLayout | None = None  # the units that may be reset; None: fusion only
@@ -60,8 +63,9 @@ class Prepared:
         return sum(self.base.tensors[n].nbytes for n in self.layout.tensor_axes())
 
     def close(self) -> None:
-        self.base.close()
-        self.sft.close()
+        for source in (self.base, self.sft):
+            source.close()
+            drop_staged(source)
 
 
 def prepare_fuse(job: FuseJob) -> Prepared:
@@ -75,11 +79,12 @@ def prepare_fuse(job: FuseJob) -> Prepared:
     sft_model = resolve_model(job.sft, "SFT")
     resolved = {"BASE": base_model.path, "SFT": sft_model.path}
     check_outputs(inputs | resolved, outputs, job.overwrite)  # Hub ids are now snapshot dirs
-    base = Checkpoint.open(base_model.path, "BASE")
-    sft = Checkpoint.open(sft_model.path, "SFT")
-    if not (sft.root / "config.json").is_file():
+    base = open_source(base_model.path, "BASE", config_from=job.config_from)
+    sft = open_source(sft_model.path, "SFT", base=base, config_from=job.config_from)
+    if sft.meta_root is None or not (sft.meta_root / "config.json").is_file():
         raise CheckpointError(
-            f"SFT {sft.root} has no config.json; the output needs it to load in transformers"
+            f"SFT {sft.root} has no config.json; the output needs it to load in transformers. "
+            "Pass --config-from DIR, a directory with the model's config.json and tokenizer"
         )
     plan = build_plan(base, sft, job.recipe, alpha_flag=job.alpha_from_flag)
     layout = _reset_layout(job, sft, plan)
@@ -100,7 +105,7 @@ def fuse_paths(job: FuseJob) -> tuple[dict, list]:
     return inputs, outputs
 
 
-def _reset_layout(job: FuseJob, sft: Checkpoint, plan: FusePlan) -> UnitLayout | None:
+def _reset_layout(job: FuseJob, sft: ModelSource, plan: FusePlan) -> UnitLayout | None:
     """The units to reset, or None for fusion only. A model without a unit map is an error
     when the reset was asked for (flag, recipe, mask) and a warning under the default."""
     from rejuv_cli.reset.masks import mask_modules
@@ -257,8 +262,8 @@ def plan_summary(p: Prepared) -> dict:
     alphas = Counter(round(t.alpha, 6) for t in plan.tensors if t.alpha is not None)
     return {
         "out": str(p.job.out),
-        "base": p.base_model.to_json() | {"format": p.base.format},
-        "sft": p.sft_model.to_json() | {"format": p.sft.format},
+        "base": p.base_model.to_json() | p.base.input_json(),
+        "sft": p.sft_model.to_json() | p.sft.input_json(),
         "counts": plan.counts(),
         "out_bytes": plan.out_bytes,
         "in_bytes": {"base": p.base.total_bytes(), "sft": p.sft.total_bytes()},
@@ -284,7 +289,7 @@ def output_bytes_needed(p: Prepared) -> int:
     a bound for the index, config, model card and rejuv.json (~1 KB per tensor is generous)."""
     from rejuv_cli.checkpoint.files import side_file_paths
 
-    side = sum(path.stat().st_size for path in side_file_paths(p.sft.root))
+    side = sum(path.stat().st_size for d in p.sft.side_dirs() for path in side_file_paths(d))
     return sum(s.file_bytes for s in p.plan.shards) + side + 65_536 + 1024 * len(p.plan.tensors)
 
 
@@ -315,7 +320,7 @@ def run_fuse(
     """
     from rejuv_cli.checkpoint.card import write_card_and_provenance
     from rejuv_cli.checkpoint.disk import check_free_space
-    from rejuv_cli.checkpoint.files import copy_side_files, write_config
+    from rejuv_cli.checkpoint.files import copy_side_dirs, write_config
     from rejuv_cli.checkpoint.output import note_to_stderr, output_dir
     from rejuv_cli.checkpoint.stream import pick_device
     from rejuv_cli.checkpoint.writer import write_index
@@ -334,8 +339,8 @@ def run_fuse(
         write_index(tmp, p.plan.shards)
         dtypes = set(p.plan.out_dtypes())
         explicit = p.job.recipe.dtype != "auto" and len(dtypes) == 1
-        write_config(p.sft.root, tmp, dtypes.pop() if explicit else None)
-        side_files = copy_side_files(p.sft.root, tmp)
+        write_config(p.sft, tmp, dtypes.pop() if explicit else None, p.plan.quantization_config)
+        side_files = copy_side_dirs(p.sft.side_dirs(), tmp)
         summary = plan_summary(p)
         summary["reset"] = reset_summary(p, mask, reset_seconds)
         summary["counts"]["reset"] = len(resets or {})

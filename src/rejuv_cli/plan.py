@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES, USER_DTYPES
+from rejuv_cli.checkpoint.fp8 import FP8_CODE, Fp8Output, plan_fp8_outputs
 from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
 from rejuv_cli.checkpoint.writer import OutEntry, ShardLayout, parse_size, plan_shards
@@ -55,6 +56,10 @@ class FusePlan:
     base_only: list[str] = field(default_factory=list)
     n_layers: int = 0
     shard_limit: int = 0
+    # --dtype fp8: the tensors re-quantized (name -> Fp8Output: block, scale entry), and the
+    # quantization_config the output's config.json declares (None: the output is unquantized)
+    fp8: dict[str, Fp8Output] = field(default_factory=dict)
+    quantization_config: dict | None = None
 
     def by_name(self) -> dict[str, TensorPlan]:
         return {t.name: t for t in self.tensors}
@@ -92,9 +97,11 @@ def build_plan(
 ) -> FusePlan:
     """Decide every output tensor's action, coefficient and dtype, and the shard layout."""
     pairing = pair_tensors(base, sft)
+    fp8, qconfig = plan_fp8_outputs(base, sft, pairing.tensors) if recipe.dtype == "fp8" else \
+        ({}, None)  # fmt: skip
     tensors: list[TensorPlan] = []
     for p in pairing.tensors:
-        out_dtype = _out_dtype(p.sft.dtype, recipe.dtype)
+        out_dtype = FP8_CODE if p.name in fp8 else _out_dtype(p.sft, recipe.dtype)
         if p.copied:
             tensors.append(TensorPlan(p.name, SFT, out_dtype, p.sft, p.base, note=p.note,
                                       copied=True))  # fmt: skip
@@ -106,12 +113,20 @@ def build_plan(
         tensors.append(TensorPlan(p.name, action, out_dtype, p.sft, p.base, alpha, source,
                                   p.base_rows))  # fmt: skip
     shard_limit = parse_size(recipe.shard_size)
-    shards = plan_shards([t.out_entry for t in tensors], shard_limit)
+    entries = [e for t in tensors for e in
+               ([t.out_entry, fp8[t.name].scale] if t.name in fp8 else [t.out_entry])]  # fmt: skip
+    shards = plan_shards(entries, shard_limit)
     return FusePlan(tensors, shards, pairing.warnings, pairing.base_only, pairing.n_layers,
-                    shard_limit)  # fmt: skip
+                    shard_limit, fp8, qconfig)  # fmt: skip
 
 
-def _out_dtype(sft_dtype: str, wanted: str) -> str:
-    if wanted == "auto" or sft_dtype not in FUSABLE_CODES:
-        return sft_dtype
+def _out_dtype(sft: TensorInfo, wanted: str) -> str:
+    """`--dtype auto`: the dtype SFT stores the tensor in (`out_dtype` where the source reads it
+    in another, e.g. dequantized FP8); otherwise the one asked for, for floating-point tensors.
+    `fp8` applies to the tensors that are FP8 in an input (`plan_fp8_outputs`); the others are
+    written as under auto."""
+    if sft.dtype not in FUSABLE_CODES:
+        return sft.dtype
+    if wanted in ("auto", "fp8"):
+        return sft.out_dtype or sft.dtype
     return USER_DTYPES[wanted]

@@ -25,7 +25,7 @@ from typing import Any
 from rejuv_cli.ops.answers import CHECKERS
 from rejuv_cli.reset.registry import CALIB_PARAMS, SCORERS
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
+DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
 RESET_MODES = ("base", "shrink-perturb", "reinit")
 MAX_RESET_FRACTION = 0.5
 
@@ -182,6 +182,7 @@ class Setting:
     keep_text: bool = False  # the flag keeps the user's text (parsed where it is used)
     comma_list: bool = False  # the flag's text is a comma list (the recipe's value a list)
     default_help: str | None = None  # the default in words, where `default` is None
+    directory: bool = False  # a Path setting that names a directory (else a file)
 
     @property
     def flag(self) -> str:
@@ -216,7 +217,9 @@ _ALL: list[Setting] = [
             "Fusion coefficient: 0 = base, 1 = SFT [default: recipe's, else 0.5 (paper)].",
             Range(0.0, 1.0), key="fuse.alpha"),
     Setting("dtype", ("--dtype",), str, "auto",
-            "Output dtype; auto keeps each SFT tensor's own.", choice(DTYPES, fold_case=True),
+            "Output dtype; auto keeps each SFT tensor's own (bf16 for FP8 weights); fp8 "
+            "re-quantizes the block-scaled FP8 weights of an FP8 input.",
+            choice(DTYPES, fold_case=True),
             key="output.dtype", commands=("fuse", "sweep")),
     Setting("shard_size", ("--shard-size",), str, "5GB",
             "Largest output shard file, e.g. 5GB, 500MB.", size, key="output.shard_size",
@@ -264,6 +267,10 @@ _ALL: list[Setting] = [
     Setting("mask", ("--mask",), Path, None,
             "Reset the units in FILE (from --save-mask); skips scoring.", panel="Reset",
             commands=("fuse", "sweep"), metavar="FILE"),
+    Setting("config_from", ("--config-from",), Path, None,
+            "Inputs without a config.json (DCP, FSDP shards without huggingface/): take "
+            "config.json, tokenizer and chat template from DIR (e.g. the base model's).",
+            commands=("fuse", "diagnose", "sweep", "inspect"), metavar="DIR", directory=True),
     Setting("device", ("--device",), str, "auto", "auto (CUDA when present), cpu, cuda or "
             "cuda:N.", device, commands=("fuse", "diagnose", "sweep"),
             metavar="auto|cpu|cuda|cuda:N"),

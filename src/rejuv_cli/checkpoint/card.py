@@ -60,12 +60,20 @@ def _local_note(inputs: dict) -> str:
     )
 
 
+def _form(model: dict) -> str:
+    """How an input was read (its format and facts: adapter rank, world size, FP8 blocks)."""
+    from rejuv_cli.checkpoint.source import describe_line
+
+    return describe_line(model.get("input") or {"format": model.get("format")}).replace("|", "/")
+
+
 def model_card(provenance: dict) -> str:
     inputs, counts = provenance["inputs"], provenance["counts"]
     front = _front_matter(inputs)
     recipe_yaml = yaml.safe_dump(provenance["recipe"], sort_keys=False).rstrip()
     rows = "\n".join(
-        f"| {role.upper()} | `{m['spec']}` | {_revision(m)} |" for role, m in inputs.items()
+        f"| {role.upper()} | `{m['spec']}` | {_form(m)} | {_revision(m)} |"
+        for role, m in inputs.items()
     )
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).rstrip()}
@@ -94,8 +102,8 @@ in the SFT model's format.
 
 ## Inputs
 
-| role | model | revision or content digest |
-|---|---|---|
+| role | model | read as | revision or content digest |
+|---|---|---|---|
 {rows}
 {_local_note(inputs)}
 ## Recipe

@@ -23,8 +23,10 @@ TORCH_NAME = {
     "BOOL": "bool",
 }  # fmt: skip
 
-# What users type for --dtype / output.dtype, and what config.json calls it.
-USER_DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+# What users type for --dtype / output.dtype, and what config.json calls it. fp8 applies only to
+# the tensors that are block-scaled FP8 in an input (re-quantized, checkpoint/fp8.py); the others
+# are written as under auto.
+USER_DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "F8_E4M3"}
 CONFIG_NAME = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 

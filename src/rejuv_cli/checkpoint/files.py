@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rejuv_cli.checkpoint.dtypes import CONFIG_NAME
 from rejuv_cli.checkpoint.links import dangling, dangling_link_error
 from rejuv_cli.jsonio import dumps
+
+if TYPE_CHECKING:
+    from rejuv_cli.checkpoint.source import ModelSource
 
 # Weight files and indexes are rewritten, never copied; README.md becomes our model card.
 _NOT_COPIED_SUFFIXES = (
@@ -23,7 +27,8 @@ _NOT_COPIED_SUFFIXES = (
     ".onnx",
     ".index.json",
 )
-_NOT_COPIED_NAMES = {"README.md", "rejuv.json", "config.json"}
+# adapter_config.json: a LoRA adapter's (the output is a full checkpoint, not an adapter).
+_NOT_COPIED_NAMES = {"README.md", "rejuv.json", "config.json", "adapter_config.json"}
 
 
 def side_file_paths(sft_dir: Path) -> list[Path]:
@@ -55,13 +60,34 @@ def copy_side_files(sft_dir: Path, out_dir: Path) -> list[str]:
     return [path.name for path in paths]
 
 
-def write_config(sft_dir: Path, out_dir: Path, dtype_code: str | None) -> None:
-    """config.json from SFT; with an explicit output dtype, its dtype field says so."""
-    src = sft_dir / "config.json"
-    if dtype_code is None:
+def copy_side_dirs(dirs: list[Path], out_dir: Path) -> list[str]:
+    """copy_side_files from each of `dirs`, the first directory's file winning where two have
+    the same name (a LoRA adapter's tokenizer over its BASE's); returns the names copied."""
+    names: set[str] = set()
+    for d in reversed(dirs):
+        names.update(copy_side_files(d, out_dir))
+    return sorted(names)
+
+
+def write_config(sft: ModelSource, out_dir: Path, dtype_code: str | None,
+                 quantization_config: dict | None = None) -> None:  # fmt: skip
+    """config.json from SFT's (byte for byte when nothing changes); with an explicit output
+    dtype, its dtype field says so. A quantized input's `quantization_config` is dropped:
+    the output holds plain floats (FP8 inputs are read dequantized), unless the output is
+    written in FP8 (`--dtype fp8`: `quantization_config` is then the FP8 input's, from
+    `FusePlan.quantization_config`, and is declared, also when SFT itself is not FP8)."""
+    from rejuv_cli.checkpoint.fp8 import output_config
+
+    src = sft.meta_root / "config.json"
+    config = json.loads(src.read_text(encoding="utf-8"))
+    fp8_out = quantization_config is not None
+    if dtype_code is None and "quantization_config" not in config and not fp8_out:
         shutil.copyfile(src, out_dir / "config.json")
         return
-    config = json.loads(src.read_text(encoding="utf-8"))
+    config = output_config(config, fp8_out, quantization_config)
+    if dtype_code is None:
+        (out_dir / "config.json").write_text(dumps(config, "config.json", sort_keys=True) + "\n")
+        return
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:
         config[key] = CONFIG_NAME[dtype_code]

@@ -22,6 +22,7 @@ from rejuv_cli.checkpoint.config import read_config
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE
 from rejuv_cli.checkpoint.links import dangling, dangling_link_error
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo, read_header
+from rejuv_cli.checkpoint.source import ModelSource
 from rejuv_cli.errors import CheckpointError, first_line
 
 ST_INDEX = "model.safetensors.index.json"
@@ -30,11 +31,12 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 
 
-class Checkpoint:
+class Checkpoint(ModelSource):
     """A checkpoint's tensor table (name -> TensorInfo, in storage order) and its config."""
 
     def __init__(self, root: Path, label: str, fmt: str, tensors: dict[str, TensorInfo]):
         self.root = root
+        self.meta_root = root
         self.label = label  # "BASE" / "SFT": used in every message
         self.format = fmt  # "safetensors" | "bin"
         self.tensors = tensors
@@ -128,19 +130,6 @@ class Checkpoint:
             os.close(fd)
         self._fds.clear()
         self._bin_tensors.clear()
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # ---- facts used by the planner --------------------------------------------------------
-    def weight_files(self) -> list[Path]:
-        return sorted({t.file for t in self.tensors.values()})
-
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
 
 
 def _open_index(root: Path, label: str, index_name: str):

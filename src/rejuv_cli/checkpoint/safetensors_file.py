@@ -22,7 +22,13 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor's bytes live: `file` at absolute byte `offset`, `nbytes` long."""
+    """Where one tensor's bytes live: `file` at absolute byte `offset`, `nbytes` long.
+
+    `dtype` is what a source's `read_into` returns. `out_dtype` is the dtype a checkpoint of
+    this tensor is written in under `--dtype auto` when that differs (None: `dtype`): an FP8
+    weight is read dequantized to F32 but written as BF16, a LoRA target is read as F32
+    (base + s·B·A unrounded) but written in BASE's dtype.
+    """
 
     name: str
     dtype: str  # safetensors code, e.g. "BF16"
@@ -30,6 +36,7 @@ class TensorInfo:
     file: Path
     offset: int
     nbytes: int
+    out_dtype: str | None = None
 
     @property
     def numel(self) -> int:

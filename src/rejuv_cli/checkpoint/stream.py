@@ -46,18 +46,21 @@ def row_length(shape: tuple[int, ...]) -> int:
 
 
 def row_chunks(
-    shape: tuple[int, ...], split_row: int | None, chunk_elements: int
+    shape: tuple[int, ...], split_row: int | None, chunk_elements: int, rows_multiple: int = 1
 ) -> Iterator[tuple[int, int, bool]]:
     """Flat element ranges (start, stop, before_split) covering a tensor in whole rows.
 
     A row is everything after dim 0 (a scalar or 1-D tensor has 1-element rows). No chunk
-    crosses `split_row`, so rows before it and rows after it can be treated differently.
+    crosses `split_row`, so rows before it and rows after it can be treated differently. Chunks
+    hold a multiple of `rows_multiple` rows (at least that many; the last one may hold fewer):
+    whole row blocks of a block-scaled FP8 weight.
     """
     n_rows = shape[0] if shape else 1
     row_len = row_length(shape)
     if n_rows == 0 or row_len == 0:
         return
     per = max(1, chunk_elements // row_len)
+    per = max(rows_multiple, per - per % rows_multiple)
     split = n_rows if split_row is None else split_row
     for lo, hi, before in ((0, split, True), (split, n_rows, False)):
         for r in range(lo, hi, per):
@@ -138,6 +141,7 @@ class TensorPair:
     base: str | None
     base_rows: int | None = None
     tag: object = None
+    rows_multiple: int = 1  # chunks hold whole blocks of this many rows (row_chunks)
 
 
 @dataclass
@@ -172,7 +176,9 @@ class PairedStream:
         """Every chunk of every pair, row-ordered; `shared_only` skips added-token rows."""
         read, size = self.reader.read, self.chunk_elements
         for pair in pairs:
-            for start, stop, shared in row_chunks(pair.shape, pair.base_rows, size):
+            for start, stop, shared in row_chunks(
+                pair.shape, pair.base_rows, size, pair.rows_multiple
+            ):
                 if shared_only and not shared:
                     continue
                 chunk = PairedChunk(pair, start, stop, shared)

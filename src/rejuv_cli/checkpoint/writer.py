@@ -21,11 +21,13 @@ SHARD_METADATA = {"format": "pt"}  # what transformers checks for on load
 
 @dataclass(frozen=True)
 class OutEntry:
-    """One output tensor as the writer sees it."""
+    """One output tensor as the writer sees it. `attached`: kept in the shard of the entry
+    before it (an FP8 weight's block scales stay with the weight)."""
 
     name: str
     dtype: str  # safetensors code
     shape: tuple[int, ...]
+    attached: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -49,16 +51,24 @@ class ShardLayout:
         # reference serializer), so readers can map the bytes without copying.
         return sorted(self.entries, key=lambda e: -ITEMSIZE[e.dtype])
 
+    def offsets(self) -> dict[str, int]:
+        """Entry name -> its first byte, counted from the start of the data (after the header)."""
+        out, offset = {}, 0
+        for e in self.ordered():
+            out[e.name] = offset
+            offset += e.nbytes
+        return out
+
     def header_bytes(self) -> bytes:
         header: dict = {"__metadata__": self.metadata}
-        offset = 0
+        offsets = self.offsets()
         for e in self.ordered():
+            begin = offsets[e.name]
             header[e.name] = {
                 "dtype": e.dtype,
                 "shape": list(e.shape),
-                "data_offsets": [offset, offset + e.nbytes],
+                "data_offsets": [begin, begin + e.nbytes],
             }
-            offset += e.nbytes
         raw = dumps(header, "safetensors header", indent=None, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # pad so the data buffer starts 8-byte aligned
         return len(raw).to_bytes(8, "little") + raw
@@ -84,17 +94,24 @@ def _entry_header_bound(e: OutEntry) -> int:
 def plan_shards(entries: list[OutEntry], max_shard_bytes: int) -> list[ShardLayout]:
     """Pack entries, in order, into shards whose whole file (header + data) fits the limit.
 
-    A tensor larger than the limit gets a shard of its own (it cannot be split).
+    A tensor larger than the limit gets a shard of its own (it cannot be split); an `attached`
+    entry always goes with the one before it.
     """
     base = 8 + 8 + len(json.dumps({"__metadata__": SHARD_METADATA})) + 8
+    groups: list[list[OutEntry]] = []
+    for e in entries:
+        if e.attached and groups:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
     shards: list[ShardLayout] = []
     current, used = ShardLayout(), base
-    for e in entries:
-        cost = e.nbytes + _entry_header_bound(e)
+    for group in groups:
+        cost = sum(e.nbytes + _entry_header_bound(e) for e in group)
         if current.entries and used + cost > max_shard_bytes:
             shards.append(current)
             current, used = ShardLayout(), base
-        current.entries.append(e)
+        current.entries.extend(group)
         used += cost
     if current.entries or not shards:
         shards.append(current)

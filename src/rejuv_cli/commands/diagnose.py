@@ -61,7 +61,7 @@ def _opt(*names: str, **kw):
 DIAGNOSE_SETTINGS = ("calib", "samples", "max_tokens", "device", "max_memory", "sharpness_draws",
                      "sharpness_sigma", "batch_tokens", "min_skill", "prompt_field",
                      "response_field", "answer_field", "messages_field", "min_learnable",
-                     "group_size", "max_new_tokens", "checker")  # fmt: skip
+                     "group_size", "max_new_tokens", "checker", "config_from")  # fmt: skip
 
 
 @with_settings("diagnose", DIAGNOSE_SETTINGS, after="candidate")

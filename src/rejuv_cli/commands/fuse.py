@@ -52,7 +52,8 @@ Examples:
 FUSE_SETTINGS = ("alpha", "recipe", "dtype", "shard_size", "fraction", "select", "calib",
                  "samples", "max_tokens", "prompt_field", "response_field", "answer_field",
                  "messages_field", "modules", "max_per_module", "protect", "mode", "omega",
-                 "noise", "seed", "save_mask", "mask", "device", "max_memory")  # fmt: skip
+                 "noise", "seed", "save_mask", "mask", "device", "max_memory",
+                 "config_from")  # fmt: skip
 
 
 @with_settings("fuse", FUSE_SETTINGS, after="out")
@@ -103,7 +104,8 @@ def fuse_command(
     words = ["rejuv", "fuse", base, sft, "--out", str(out)]
     job = FuseJob(base, sft, out, effective, v["device"], overwrite, v["alpha"] is not None,
                   command_line(words, v), mask_in=mask, mask_out=save_mask,
-                  max_memory=parse_max_memory(v["max_memory"]))  # fmt: skip
+                  max_memory=parse_max_memory(v["max_memory"]),
+                  config_from=v["config_from"])  # fmt: skip
     console = stderr_console(quiet=quiet)
     show_progress = not quiet and sys.stderr.isatty()
     prepared = prepare_fuse(job)

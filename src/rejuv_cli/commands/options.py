@@ -54,7 +54,7 @@ def option(name: str, command: str):
         text += f" [{_bounds(s.check)}]"
     kw: dict = {}
     if s.type is Path:
-        kw["dir_okay"] = False
+        kw["dir_okay"], kw["file_okay"] = s.directory, not s.directory
     choices = getattr(s.check, "choices", None)
     if isinstance(choices, tuple):
         kw["metavar"] = f"[{'|'.join(choices)}]"

@@ -60,7 +60,7 @@ Examples:
 FUSE_FLAGS = ("recipe", "dtype", "shard_size", "fraction", "select", "calib", "samples",
               "max_tokens", "prompt_field", "response_field", "answer_field", "messages_field",
               "modules", "max_per_module", "protect", "mode", "omega", "noise", "seed", "mask",
-              "device", "max_memory")  # fmt: skip
+              "device", "max_memory", "config_from")  # fmt: skip
 SWEEP_SETTINGS = ("alphas", *FUSE_FLAGS, "batch_tokens", "min_skill", "group_size",
                   "max_new_tokens", "checker")  # fmt: skip
 
@@ -126,7 +126,7 @@ def sweep_command(
         max_memory=parse_max_memory(v["max_memory"]), min_skill=v["min_skill"],
         generate=generate, group_size=v["group_size"], max_new_tokens=v["max_new_tokens"],
         checker=v["checker"],
-        mask_in=v["mask"], out=out, overwrite=overwrite,
+        mask_in=v["mask"], out=out, overwrite=overwrite, config_from=v["config_from"],
         command=command_line(words, v, "sweep") + (" --generate" if generate else ""),
         outputs=tuple(o for o in outputs if o is not None),
     )  # fmt: skip

@@ -23,10 +23,10 @@ from rejuv_cli.diagnostics.sharpness import SEED, sharpness
 ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
 
 
-def forward_sections(job, report, resolved, layout, device, progress, warnings) -> None:
+def forward_sections(job, report, dirs, layout, device, progress, warnings) -> None:
     """Fill report["output"], ["units"], ["routing"], ["sharpness"] and the calibration
-    inputs."""
-    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, resolved["sft"].path,
+    inputs. dirs: role -> the directory transformers loads that model from."""
+    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, dirs["sft"],
                                 device, job.batch_tokens, Fields.of(job))  # fmt: skip
     warnings.extend(calib.warnings)
     batches = calib.batches
@@ -40,13 +40,13 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
     }
     nulls = report["null_reasons"]  # why a value is null, where the schema cannot tell
 
-    loaded = progress("loading", len(resolved), "models")
+    loaded = progress("loading", len(dirs), "models")
     models = {}
     # KL needs every model's distribution on the same batch, so all are loaded at once and
     # share the --max-memory budget.
-    budget = None if job.max_memory is None else job.max_memory // len(resolved)
-    for role, m in resolved.items():
-        models[role] = load_model(m.path, role.upper(), device, budget, warnings)
+    budget = None if job.max_memory is None else job.max_memory // len(dirs)
+    for role, path in dirs.items():
+        models[role] = load_model(path, role.upper(), device, budget, warnings)
         loaded(1)
     vocab, note = shared_vocab(models)
     if note:
@@ -76,7 +76,7 @@ def forward_sections(job, report, resolved, layout, device, progress, warnings) 
     if job.generate:
         from rejuv_cli.diagnostics.generation import generation_sections
 
-        generation_sections(job, models, resolved["sft"].path, device, output, report, progress)
+        generation_sections(job, models, dirs["sft"], device, output, report, progress)
     report["output"], report["units"] = output, units
     if units is None:
         nulls["units"] = ("not measured: no unit map for this architecture (see warnings)"

@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rejuv_cli import __version__
+from rejuv_cli.checkpoint.formats import open_models
 from rejuv_cli.checkpoint.preflight import check_outputs
-from rejuv_cli.checkpoint.reader import Checkpoint
 from rejuv_cli.checkpoint.resolve import resolve_model
+from rejuv_cli.checkpoint.source import ModelSource
+from rejuv_cli.checkpoint.staging import drop_staged, loadable_dir
 from rejuv_cli.diagnostics import verdict as V
 from rejuv_cli.errors import ArchError
 from rejuv_cli.pairing import pair_tensors
@@ -54,6 +57,7 @@ class DiagnoseJob:
     max_new_tokens: int = SETTINGS["max_new_tokens"].default
     checker: str = SETTINGS["checker"].default
     max_memory: int | None = None  # bytes of model weights on the device, shared by the models
+    config_from: Path | None = None  # --config-from: config/tokenizer for inputs with none
     outputs: tuple = ()  # report files (preflight.Output), checked against the resolved inputs
 
 
@@ -71,14 +75,34 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
                                                    if job.candidate else {})  # fmt: skip
     resolved = {role: resolve_model(spec, role.upper()) for role, spec in roles.items()}
     check_outputs({role.upper(): m.path for role, m in resolved.items()}, job.outputs)
-    ckpts = {role: Checkpoint.open(m.path, role.upper()) for role, m in resolved.items()}
+    sources = open_models({role: m.path for role, m in resolved.items()}, job.config_from)
     warnings: list[str] = []
     try:
-        weights, layout = _weights(job, ckpts, device, progress, warnings)
+        weights, layout = _weights(job, sources, device, progress, warnings)
+        report = _report(job, device, resolved, sources, weights, warnings)
+        if not job.weights_only:
+            from rejuv_cli.diagnostics.forward_report import forward_sections
+
+            # transformers loads directories: inputs that are not one are written out first
+            dirs = {role: loadable_dir(source) for role, source in sources.items()}
+            forward_sections(job, report, dirs, layout, device, progress, warnings)
     finally:
-        for c in ckpts.values():
-            c.close()
-    report = {
+        for source in sources.values():
+            source.close()
+            drop_staged(source)
+    report["verdict"] = verdict_block(report, job)
+    if job.candidate:
+        report["comparison"] = comparison(report)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    fill_declared(report)  # every key the schema declares is there, null when not measured
+    report["null_reasons"] = explain_nulls(report, run_flags(job), report["null_reasons"])
+    return report
+
+
+def _report(job: DiagnoseJob, device, resolved: dict, sources: dict, weights: dict,
+            warnings: list[str]) -> dict:  # fmt: skip
+    """The report's skeleton: inputs and the weight section; the rest filled in later."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "tool": f"rejuv {__version__}",
         "inputs": {
@@ -90,7 +114,10 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
             "max_tokens": None if job.weights_only else job.max_tokens,
             "device": str(device),
             "weights_only": job.weights_only,
-            "models": {role: m.to_json() for role, m in resolved.items()},
+            "models": {
+                role: m.to_json() | sources[role].input_json(structured=False)
+                for role, m in resolved.items()
+            },
         },  # fmt: skip
         "verdict": None,
         "weights": weights,
@@ -103,17 +130,6 @@ def run_diagnose(job: DiagnoseJob, progress: Progress = _no_progress) -> dict:
         "warnings": warnings,
         "null_reasons": {},  # gate path -> why it is null (report/schema.explain_nulls)
     }
-    if not job.weights_only:
-        from rejuv_cli.diagnostics.forward_report import forward_sections
-
-        forward_sections(job, report, resolved, layout, device, progress, warnings)
-    report["verdict"] = verdict_block(report, job)
-    if job.candidate:
-        report["comparison"] = comparison(report)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    fill_declared(report)  # every key the schema declares is there, null when not measured
-    report["null_reasons"] = explain_nulls(report, run_flags(job), report["null_reasons"])
-    return report
 
 
 def run_flags(job: DiagnoseJob) -> RunFlags:
@@ -123,9 +139,11 @@ def run_flags(job: DiagnoseJob) -> RunFlags:
 
 
 # The settings that change what diagnose measures, in the order a command line lists them.
+# (--config-from changes no measurement, but the next command needs it to read the inputs.)
 MEASUREMENT_SETTINGS = ("calib", "samples", "max_tokens", "device", "batch_tokens",
                         "sharpness_draws", "sharpness_sigma", "min_skill", "min_learnable",
-                        "group_size", "max_new_tokens", "checker")  # fmt: skip
+                        "group_size", "max_new_tokens", "checker", "config_from")  # fmt: skip
+READ_SETTINGS = ("device", "config_from")  # what --weights-only runs use too
 GENERATION_SETTINGS = ("min_learnable", "group_size", "max_new_tokens", "checker")
 
 
@@ -139,7 +157,7 @@ def measurement_flags(job: DiagnoseJob, command: str = "diagnose") -> list[str]:
         value = getattr(job, attr)
         if command not in SETTINGS[attr].commands or value == getattr(default, attr):
             continue
-        if (job.weights_only and attr != "device") or (attr in GENERATION_SETTINGS
+        if (job.weights_only and attr not in READ_SETTINGS) or (attr in GENERATION_SETTINGS
                                                         and not job.generate):  # fmt: skip
             continue
         flags += [SETTINGS[attr].flag, str(value)]
@@ -167,7 +185,7 @@ def _weights(job, ckpts, device, progress, warnings):
     except ArchError as e:
         warnings.append(f"per-unit statistics skipped: {e}")
 
-    def section(other: Checkpoint, label: str) -> dict:
+    def section(other: ModelSource, label: str) -> dict:
         p = plan if other is sft else pair_tensors(base, other, purpose="diagnose")
         if other is not sft:  # found while opening it (tensors its index does not list)
             warnings.extend(other.warnings)
@@ -185,7 +203,7 @@ def _weights(job, ckpts, device, progress, warnings):
     return weights, layout
 
 
-def _same_unit_tensors(layout, sft: Checkpoint, other: Checkpoint, label: str,
+def _same_unit_tensors(layout, sft: ModelSource, other: ModelSource, label: str,
                        warnings: list[str]) -> bool:  # fmt: skip
     """Whether `other` (the candidate) stores every unit tensor of SFT's layout with SFT's
     shape, so that SFT's unit map measures it too; a warning says why not."""

@@ -125,7 +125,10 @@ def summarize(moments: dict[str, DeltaMoments], matrices: set[str] = frozenset()
         "layer_modules": {f"{k[0]}.{k[1]}": pooled(v) for k, v in sorted(cells.items())},
         "spikiness": spikiness(tensors, matrices),
         "drift_max": max((t["rel_drift"] for t in tensors.values()), default=0.0),
-        "drift_max_tensor": max(tensors, key=lambda n: tensors[n]["rel_drift"], default=None),
+        # ties go to the first name in sorted order, whatever order the input stores tensors in
+        "drift_max_tensor": max(
+            sorted(tensors), key=lambda n: tensors[n]["rel_drift"], default=None
+        ),  # fmt: skip
     }
 
 

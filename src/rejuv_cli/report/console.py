@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from rejuv_cli.checkpoint.source import describe_line
 from rejuv_cli.checkpoint.writer import format_size as human_bytes
 
 MAX_WARNINGS = 8
@@ -138,6 +139,10 @@ def inspect_table(r: dict) -> Table:
     t = Table(title=f"rejuv inspect: {r['spec']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    t.add_row("input", describe_line(r["input"]))
+    if r.get("adapter_only"):  # no BASE given: the adapter's own facts are all there is
+        t.add_row("model", "pass --base BASE to see the model this adapter makes")
+        return t
     experts = f", {r['experts']} experts per layer" if r["experts"] else ""
     t.add_row("family", f"{r['model_type']} (unit map: {r['unit_map'] or 'none'})")
     t.add_row("layers", f"{r['layers']}{experts}")

@@ -210,6 +210,9 @@ _MODEL_INFO = {
     "repo_id": Leaf("string", "Hub repository", "not from the Hub"),
     "revision": Leaf("string", "Hub revision", "not from the Hub"),
     "commit": Leaf("string", "Hub commit", "not from the Hub"),
+    "format": Leaf("string", "input form (safetensors, bin, peft-lora, dcp, fsdp, fp8-block)"),
+    "input": Leaf("string", "how the input was read: its form and facts (adapter rank and "
+                  "targets, world size, FP8 blocks)"),
 }  # fmt: skip
 SCHEMA: dict = {
     "schema_version": Leaf("integer", "report schema version"),

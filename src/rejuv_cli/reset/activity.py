@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.ops import activity as act
 from rejuv_cli.reset.norms import gather, stream_norms
 from rejuv_cli.reset.scores import UnitScores
@@ -32,10 +33,10 @@ class CalibRun:
         self.norms = stream_norms(base, None, layout.tensor_axes(), device, on_bytes)
         self.base_norm_sq = [b_in + b_out for b_in, b_out in gather(layout, self.norms, "base_sq")]
         self.calib = prepare_calibration(settings.calib, settings.samples, settings.max_tokens,
-                                         sft.root, device, batch_tokens,
+                                         loadable_dir(sft), device, batch_tokens,
                                          Fields.of(settings))  # fmt: skip
         self.device, self.max_memory = device, max_memory
-        self.model = self.load(sft.root, "SFT") if load else None
+        self.model = self.load(loadable_dir(sft), "SFT") if load else None
 
     def load(self, path, label: str):
         """A model for forward passes; an offload warning joins the scorer's warnings."""

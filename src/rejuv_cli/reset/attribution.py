@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from rejuv_cli.calib.forward import Batch
+from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.ops.tokens import block_rows, entropy, log_probs
 from rejuv_cli.reset.activity import CalibRun
 from rejuv_cli.reset.logit_attr import AttributionResult, attribution_scores
@@ -80,13 +81,13 @@ def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, m
                batch_tokens=BATCH_TOKENS)  # fmt: skip
     batches = run.calib.batches
     # BASE and SFT run one after the other, so only one model is loaded at any time.
-    vocab = min(config_vocab(base.root, "BASE"), config_vocab(sft.root, "SFT"))
-    base_model = run.load(base.root, "BASE")
+    vocab = min(config_vocab(loadable_dir(base), "BASE"), config_vocab(loadable_dir(sft), "SFT"))
+    base_model = run.load(loadable_dir(base), "BASE")
     base_entropies = response_entropies(base_model, batches, device, vocab)
     if note := unseen_note("BASE", base_model):
         run.calib.warnings.append(note)
     del base_model  # only its entropies are needed
-    run.model = run.load(sft.root, "SFT")
+    run.model = run.load(loadable_dir(sft), "SFT")
     gaps = gaps_from(base_entropies, response_entropies(run.model, batches, device, vocab), batches)
     positions = select_positions(gaps, masks=[target_positions(b) for b in batches])
     result = attribution_scores(run.model, batches, positions, activation_sites(layout), device)

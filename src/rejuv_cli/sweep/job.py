@@ -27,6 +27,7 @@ class SweepJob:
     max_new_tokens: int = SETTINGS["max_new_tokens"].default
     checker: str = SETTINGS["checker"].default
     mask_in: Path | None = None
+    config_from: Path | None = None  # --config-from
     out: Path | None = None  # write the recommended candidate here
     overwrite: bool = False
     command: str = ""
@@ -52,7 +53,7 @@ def fuse_job(job: SweepJob, alpha: float, out: Path | None) -> FuseJob:
     recipe = job.recipe.with_overrides(alpha=alpha)
     return FuseJob(job.base, job.sft, out, recipe, job.device, job.overwrite, True,
                    fuse_command(job, alpha, out), mask_in=job.mask_in,
-                   max_memory=job.max_memory)  # fmt: skip
+                   max_memory=job.max_memory, config_from=job.config_from)  # fmt: skip
 
 
 def fuse_command(job: SweepJob, alpha: float, out: Path | None) -> str:

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from rejuv_cli import __version__
+from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.diagnostics.output import accuracy_retained
 from rejuv_cli.pipeline import Prepared, ResetChoice, choose_reset, prepare_fuse
 from rejuv_cli.sweep.job import SweepJob, fuse_command, fuse_job
@@ -112,11 +113,11 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     from rejuv_cli.calib.models import config_vocab, load_model, offloaded_share, shared_vocab_of
     from rejuv_cli.diagnostics.output import LogitCache, cached_pass
 
-    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, p.sft_model.path, device,
-                                job.batch_tokens, Fields.of(job.recipe.reset))  # fmt: skip
+    calib = prepare_calibration(job.calib, job.samples, job.max_tokens, loadable_dir(p.sft),
+                                device, job.batch_tokens, Fields.of(job.recipe.reset))  # fmt: skip
     warnings.extend(calib.warnings)
-    vocab, note = shared_vocab_of({"BASE": config_vocab(p.base_model.path, "BASE"),
-                                   "SFT": config_vocab(p.sft_model.path, "SFT")})  # fmt: skip
+    vocab, note = shared_vocab_of({"BASE": config_vocab(loadable_dir(p.base), "BASE"),
+                                   "SFT": config_vocab(loadable_dir(p.sft), "SFT")})  # fmt: skip
     if note:
         warnings.append(note)
     batches, n_batches = calib.batches, len(calib.batches)
@@ -126,12 +127,12 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     records: dict = {}
     try:
         step = progress("BASE", n_batches, "batches")
-        model = load_model(p.base_model.path, "BASE", device, job.max_memory, warnings)
+        model = load_model(loadable_dir(p.base), "BASE", device, job.max_memory, warnings)
         records["base"] = cached_pass(model, batches, device, cache, True, partial(step, 1), vocab)
         gen = {"base": generation.measure(model, "BASE", progress)} if generation else {}
         del model
         step = progress("SFT", n_batches, "batches")
-        model = load_model(p.sft_model.path, "SFT", device, job.max_memory, warnings)
+        model = load_model(loadable_dir(p.sft), "SFT", device, job.max_memory, warnings)
         records["sft"] = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
         if generation:
             gen["sft"] = generation.measure(model, "SFT", progress)
@@ -164,7 +165,10 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     inputs = {
         "base": job.base,
         "sft": job.sft,
-        "models": {"base": p.base_model.to_json(), "sft": p.sft_model.to_json()},
+        "models": {
+            "base": p.base_model.to_json() | p.base.input_json(structured=False),
+            "sft": p.sft_model.to_json() | p.sft.input_json(structured=False),
+        },
         "calib": job.calib,
         "samples": calib.samples,
         "response_tokens": calib.response_tokens,
@@ -224,7 +228,7 @@ class _Generation:
         examples = load_examples(job.calib, job.samples, Fields.of(job.recipe.reset))
         self.examples = [e for e in examples if e.answer is not None]
         self.checkable = len(self.examples)
-        self.tokenizer = load_tokenizer(p.sft_model.path, "SFT")
+        self.tokenizer = load_tokenizer(loadable_dir(p.sft), "SFT")
 
     def measure(self, model, label: str, progress) -> dict:
         from rejuv_cli.calib.generate import generation_cost, generation_metrics

@@ -41,9 +41,10 @@ def parameter_map(model, plan: FusePlan) -> tuple[dict[str, torch.Tensor] | None
 
 def load_into(params: dict[str, torch.Tensor], executor: Executor) -> None:
     """Copy every output chunk of `executor` into `params` (from `parameter_map`), casting to
-    each tensor's dtype (round to nearest, as loading the written checkpoint would)."""
+    each tensor's dtype (round to nearest, as loading the written checkpoint would); weights
+    written as FP8 (--dtype fp8) as a loader dequantizes them, codes × block scales."""
     with torch.no_grad():
-        for target, start, stop, values in executor.outputs():
+        for target, start, stop, values in executor.outputs(dequantized=True):
             flat = params[target.name].detach().view(-1)  # shares storage and version counter
             flat[start:stop].copy_(values)
 
