@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all test-browser lint format demo bench handoff clean \
-	test-gpu bench-gpu digests bench-compare docs handoff-full bench-moe
+	test-gpu bench-gpu digests bench-compare docs handoff-full bench-moe bench-inputs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ demo: $(STAMP)  ## rejuvenate the shipped over-trained toy checkpoint, diagnose,
 bench: $(STAMP)  ## fuse vs I/O floor vs naive script; sweep vs separate runs (~300M params); README figures
 	$(BIN)/python bench/fuse_bench.py --repeats 5
 	$(BIN)/python bench/sweep_bench.py --samples 32
+	$(BIN)/python bench/inputs_bench.py
+	$(BIN)/python docs/bench_tables.py
+
+bench-inputs: $(STAMP)  ## fuse from a LoRA adapter, DCP and FSDP shards vs convert-then-fuse (~2 min)
+	$(BIN)/python bench/inputs_bench.py
 	$(BIN)/python docs/bench_tables.py
 
 # GPU checks. No .venv and no install: any $(PYTHON) with torch (CUDA build), transformers,

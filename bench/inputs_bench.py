@@ -8,11 +8,11 @@ the SFT model is written in three more forms (built once into .bench/inputs, unt
 
   lora  a PEFT adapter over BASE, r = 16 on every linear layer, made by PEFT (get_peft_model +
         save_pretrained, random-perturbed as if trained); SFT for this row is BASE + s·B·A
-  dcp   SFT saved by torch.distributed.checkpoint from 2 gloo processes, each tensor a DTensor
-        sharded by rows (Shard(0)) as FSDP2 holds it
-  fsdp  verl's layout: model_world_size_2_rank_{0,1}.pt (torch.save of the same DTensor state
-        dicts, as verl's checkpoint manager saves an FSDP2 model's state_dict), fsdp_config.json,
-        huggingface/ with config and tokenizer
+  dcp   SFT loaded into an FSDP2 model (fully_shard, 2 gloo processes) and saved by
+        torch.distributed.checkpoint (get_model_state_dict): rows split across the 2 ranks
+  fsdp  the same model saved in verl's layout: model_world_size_2_rank_{0,1}.pt (torch.save of
+        the FSDP2 model's state_dict, as verl's checkpoint manager does), fsdp_config.json,
+        huggingface/ with config and tokenizer (tests/producers_dist.shard_checkpoint)
 
 Each then runs, in its own process, measured (wall time spawn-to-reap, peak RSS from wait4):
   direct  `rejuv fuse BASE INPUT --out ...` (default flags: α 0.5, 1% drift reset)
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import provenance  # noqa: E402
 from fuse_bench import REPO, RESULTS, compare_outputs, run_measured, warm_cache  # noqa: E402
 from make_pair import build  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from producers_dist import shard_checkpoint  # noqa: E402  (the FSDP2 + dcp.save producer)
 
 BENCH_DIR = Path(".bench")
 PAIR = BENCH_DIR / "pair"
@@ -64,49 +68,6 @@ def build_lora(base: Path, out: Path) -> None:
             if p.requires_grad:
                 p.mul_(0.1)
     model.save_pretrained(out)
-
-
-def _shard_worker(rank: int, sft: str, dcp_dir: str, fsdp_dir: str, port: int) -> None:
-    import os
-
-    import torch
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from safetensors.torch import load_file
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("fsdp",))
-    state = {}
-    for f in sorted(Path(sft).glob("*.safetensors")):
-        state.update(load_file(f))
-    sharded = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in state.items()}
-    del state
-    dcp.save(sharded, checkpoint_id=dcp_dir)
-    torch.save(sharded, Path(fsdp_dir) / f"model_world_size_{WORLD}_rank_{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def build_shards(sft: Path, dcp_dir: Path, fsdp_dir: Path) -> None:
-    import socket
-
-    import torch.multiprocessing as mp
-
-    fsdp_dir.mkdir(parents=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_shard_worker, args=(str(sft), str(dcp_dir), str(fsdp_dir), port), nprocs=WORLD)
-    (fsdp_dir / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2,
-                                                           "world_size": WORLD}))  # fmt: skip
-    meta = fsdp_dir / "huggingface"
-    meta.mkdir()
-    for f in sft.iterdir():
-        if not f.name.endswith((".safetensors", ".index.json")):
-            shutil.copy(f, meta / f.name)
 
 
 # ---- the usual route's conversions (timed, each in its own process) ---------------------------
@@ -158,45 +119,65 @@ def measured(name: str, argv: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rebuild", action="store_true", help="rebuild the inputs")
+    # the steps that import torch run as children (see `measure_only_children` below)
     parser.add_argument(
         "--convert", nargs=5, metavar=("KIND", "BASE", "SRC", "OUT", "META"), help=argparse.SUPPRESS
-    )  # the timed conversion step, run as a child
+    )
+    parser.add_argument("--build", nargs=2, metavar=("BASE", "SFT"), help=argparse.SUPPRESS)
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.convert:
         kind, *paths = args.convert
         convert(kind, *map(Path, paths))
         return 0
+    if args.build:
+        base, sft = map(Path, args.build)
+        inputs = REPO / INPUTS
+        build_lora(base, inputs / "lora")
+        shards = shard_checkpoint(sft, inputs / "sharded", WORLD)
+        shards["verl"].rename(inputs / "fsdp")
+        shards["dcp"].rename(inputs / "dcp")
+        return 0
+    if args.compare:
+        print(json.dumps(compare_outputs(*map(Path, args.compare))))
+        return 0
     meta = provenance.gather()
     base, sft = build("bench", REPO / PAIR)
     inputs = REPO / INPUTS
-    if args.rebuild:
-        shutil.rmtree(inputs, ignore_errors=True)
-    if not (inputs / "fsdp" / "fsdp_config.json").is_file():
+    if args.rebuild or not (inputs / "fsdp" / "fsdp_config.json").is_file():
         shutil.rmtree(inputs, ignore_errors=True)
         inputs.mkdir(parents=True)
-        build_lora(base, inputs / "lora")
-        build_shards(sft, inputs / "dcp", inputs / "fsdp")
+        subprocess.run([sys.executable, __file__, "--build", str(base), str(sft)], check=True)
     shutil.rmtree(REPO / OUT, ignore_errors=True)
     (REPO / OUT).mkdir(parents=True)
     warm_cache([base, sft, inputs])
+    # A child's peak RSS (wait4) counts what it shared with this process when it forked: this
+    # process must not hold torch, or every row would carry its ~0.2-1 GB.
+    assert "torch" not in sys.modules, "measure from a process without torch"
     rejuv = str(Path(sys.executable).parent / "rejuv")
     py = sys.executable
     b = str(PAIR / "base")
 
-    def fuse(src: Path, out: str) -> list[str]:
-        return [rejuv, "fuse", b, str(src), "--out", str(OUT / out), "--quiet"]
+    def fuse(src: Path, out: str, *extra: str) -> list[str]:
+        return [rejuv, "fuse", b, str(src), "--out", str(OUT / out), "--quiet", *extra]
+
+    def compare(a: str, b: str) -> dict:
+        done = subprocess.run([py, __file__, "--compare", str(REPO / OUT / a), str(REPO / OUT / b)],
+                              check=True, capture_output=True, text=True)  # fmt: skip
+        return json.loads(done.stdout)
 
     rows = {"safetensors": {"direct": measured("safetensors", fuse(PAIR / "sft", "ref"))}}
     for kind in ("lora", "dcp", "fsdp"):
         src = INPUTS / kind
         meta_dir = PAIR / "base" if kind == "lora" else PAIR / "sft"
-        row = {"direct": measured(f"{kind} direct", fuse(src, f"{kind}-direct"))}
+        # a DCP directory holds no config: the SFT's (what a trainer would hand over with it)
+        extra = ("--config-from", str(PAIR / "sft")) if kind == "dcp" else ()
+        row = {"direct": measured(f"{kind} direct", fuse(src, f"{kind}-direct", *extra))}
         conv = OUT / f"{kind}-converted"
         row["convert"] = measured(f"{kind} convert", [py, "bench/inputs_bench.py", "--convert",
                                   kind, b, str(src), str(conv), str(meta_dir)])  # fmt: skip
         row["then_fuse"] = measured(f"{kind} then fuse", fuse(conv, f"{kind}-route"))
-        cmp = compare_outputs(REPO / OUT / f"{kind}-direct", REPO / OUT / f"{kind}-route")
-        row["outputs"] = cmp
+        row["outputs"] = compare(f"{kind}-direct", f"{kind}-route")
         rows[kind] = row
     ref = rows["safetensors"]["direct"]["peak_rss_bytes"]
     for kind in ("lora", "dcp", "fsdp"):

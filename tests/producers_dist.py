@@ -72,6 +72,55 @@ def produce(out: Path, kinds: list[str], world: int = 2, shape: Shape = Shape(),
     return {k: out / k for k in kinds}
 
 
+def shard_checkpoint(hf_dir: Path, out: Path, world: int = 2) -> dict[str, Path]:
+    """An existing Hugging Face checkpoint as FSDP2 trainers save it, weights unchanged (no
+    training step), in its own dtype: out/verl (verl's rank files, fsdp_config.json, and
+    huggingface/ with hf_dir's config and tokenizer files) and out/dcp (`dcp.save` of
+    `get_model_state_dict`, top-level keys). Returns {"verl": ..., "dcp": ...}."""
+    import torch.multiprocessing as mp
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store"
+    store.unlink(missing_ok=True)
+    job = dict(hf_dir=str(hf_dir), out=str(out), world=world, store=str(store))
+    mp.start_processes(_shard_worker, args=(job,), nprocs=world, join=True, start_method="spawn")
+    store.unlink(missing_ok=True)
+    return {"verl": out / "verl", "dcp": out / "dcp"}
+
+
+def _shard_worker(rank: int, job: dict) -> None:
+    import shutil
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoModelForCausalLM
+
+    world, hf_dir, out = job["world"], Path(job["hf_dir"]), Path(job["out"])
+    dist.init_process_group("gloo", init_method=f"file://{job['store']}", rank=rank,
+                            world_size=world)  # fmt: skip
+    try:
+        mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
+        model = _wrap_fsdp2(AutoModelForCausalLM.from_pretrained(hf_dir, dtype="auto"), mesh)
+        verl = out / "verl"
+        verl.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), verl / f"model_world_size_{world}_rank_{rank}.pt")
+        dcp.save(get_model_state_dict(model), checkpoint_id=str(out / "dcp"))
+        if rank == 0:
+            meta = verl / "huggingface"
+            meta.mkdir(exist_ok=True)
+            for f in hf_dir.iterdir():
+                if f.is_file() and not f.name.endswith((".safetensors", ".index.json")):
+                    shutil.copy(f, meta / f.name)
+            text = json.dumps({"FSDP_version": 2, "world_size": world}, indent=4)
+            (verl / "fsdp_config.json").write_text(text)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _worker(rank: int, job: dict) -> None:
     import torch.distributed as dist
 

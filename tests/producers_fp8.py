@@ -142,19 +142,25 @@ def write_fp8(src: Path, dst: Path, *, block=(128, 128), scale_dtype=torch.float
     for f, state in states.items():
         if MOVED_SCALE in state and f != shards[0]:
             states[shards[0]][MOVED_SCALE] = state.pop(MOVED_SCALE)
-    weight_map, total = {}, 0
-    for f, state in states.items():
+    for state in states.values():
         if edit is not None:
             edit(state)
+    _save_shards(dst, states)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["quantization_config"] = config or (FP8_CONFIG | {"weight_block_size": list(block)})
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return dst
+
+
+def _save_shards(dst: Path, states: dict) -> None:
+    """Save shard file -> tensors, and the index save_pretrained would write for them."""
+    weight_map, total = {}, 0
+    for f, state in states.items():
         save_file(state, f, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(state, f.name))
         total += sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["quantization_config"] = config or (FP8_CONFIG | {"weight_block_size": list(block)})
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
-    return dst
 
 
 def write_dequantized(fp8_dir: Path, dst: Path, block=(128, 128)) -> Path:
@@ -164,20 +170,16 @@ def write_dequantized(fp8_dir: Path, dst: Path, block=(128, 128)) -> Path:
     tensors = {}
     for f in sorted(dst.glob("*.safetensors")):
         tensors.update(load_file(f))
-    weight_map, total = {}, 0
+    states = {}
     for f in sorted(dst.glob("*.safetensors")):
-        state = {}
+        state = states[f] = {}
         for name, t in load_file(f).items():
             if name.endswith("_scale_inv"):
                 continue
             if t.dtype == torch.float8_e4m3fn:
                 t = torch.from_numpy(dequantize_numpy(t, tensors[name + "_scale_inv"], block))
             state[name] = t
-        save_file(state, f, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(state, f.name))
-        total += sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    _save_shards(dst, states)
     cfg = json.loads((dst / "config.json").read_text())
     del cfg["quantization_config"]
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))

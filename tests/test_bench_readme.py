@@ -268,12 +268,34 @@ def test_moe_block_shows_the_measured_peaks_and_their_ratio():
     assert "`make bench-moe` regenerates this" in block
 
 
+def test_inputs_block_shows_every_route_and_ratio():
+    """Every figure of the trainer-outputs block comes from its JSON: each run's peak RSS and
+    time, and the ratios recomputed from the runs; outputs equal or their largest difference."""
+    r = json.loads((ROOT / "bench" / "results" / "inputs_bench.json").read_text())
+    block = bench_tables.inputs_block(r)
+    rows = r["rows"]
+    ref = rows["safetensors"]["direct"]["peak_rss_bytes"]
+    for kind in ("lora", "dcp", "fsdp"):
+        k = rows[kind]
+        for run in ("direct", "convert", "then_fuse"):
+            assert f"{k[run]['peak_rss_bytes'] / 2**20:,.0f} MiB, {k[run]['seconds']:g} s" in block
+        route = max(k["convert"]["peak_rss_bytes"], k["then_fuse"]["peak_rss_bytes"])
+        seconds = k["convert"]["seconds"] + k["then_fuse"]["seconds"]
+        assert (
+            f"{kind}: {k['direct']['peak_rss_bytes'] / ref:.2f}× the safetensors peak, "
+            f"{k['direct']['peak_rss_bytes'] / route:.2f}× the route's peak, "
+            f"{k['direct']['seconds'] / seconds:.2f}× its time" in " ".join(block.split())
+        )
+    assert "`make bench-inputs` regenerates this" in block
+
+
 def test_readme_blocks_are_the_recorded_results():
     """The README cannot drift from bench/results/*.json: `make bench` (or `make docs`)
     rewrites the blocks; after a hand edit of a figure, this fails."""
     text = (ROOT / "README.md").read_text()
-    assert sorted(bench_tables.blocks(text)) == ["fuse", "moe", "sweep"], (
-        "README.md needs one `<!-- bench: NAME -->` block for each of fuse, moe and sweep, "
+    assert sorted(bench_tables.blocks(text)) == ["fuse", "inputs", "moe", "sweep"], (
+        "README.md needs one `<!-- bench: NAME -->` block for each of fuse, inputs, moe and "
+        "sweep, "
         "each closed by `<!-- /bench -->`"
     )
     assert text == bench_tables.render(text, bench_tables.load()), (

@@ -136,7 +136,15 @@ def test_matches_peft_merge(case, bases, tmp_path):
     family, cfg, kw, expect_changed = CASES[case]
     config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **cfg)
     adapter = save_adapter(bases[family], tmp_path / "adapter", config, **kw)
-    src, base = open_pair(adapter, bases[family])
+    config_from = None
+    if "resize_to" in kw:  # added tokens: the fine-tuned config (BASE's would not fit)
+        with pytest.raises(CheckpointError, match=r"pass --config-from DIR with the fine-tuned"):
+            open_pair(adapter, bases[family])
+        config_from = tmp_path / "fine-tuned"
+        config_from.mkdir()
+        cfg_json = json.loads((bases[family] / "config.json").read_text())
+        (config_from / "config.json").write_text(json.dumps(cfg_json | {"vocab_size": 136}))
+    src, base = open_pair(adapter, bases[family], config_from=config_from)
     assert src.format == "peft-lora" and list(src.tensors) == list(base.tensors)
     oracle = peft_merged(bases[family], adapter, kw.get("resize_to"))
     assert assert_matches_merge(src, base, oracle) == expect_changed
@@ -144,7 +152,10 @@ def test_matches_peft_merge(case, bases, tmp_path):
         info = src.tensors[name]
         if src.edits[name].lora is not None:
             assert (info.dtype, info.out_dtype) == ("F32", base.tensors[name].dtype)
-    assert src.config == base.config and src.meta_root == base.meta_root
+    if config_from is None:
+        assert src.config == base.config and src.meta_root == base.meta_root
+    else:
+        assert src.config["vocab_size"] == 136 and src.meta_root == config_from
     facts = src.describe()
     assert facts["modules_to_save"] == cfg.get("modules_to_save", [])
     assert facts["trainable_token_rows"] == len(cfg.get("trainable_token_indices", []))

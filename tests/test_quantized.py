@@ -10,11 +10,12 @@ so each layout was checked once against the producer itself:
   ceil(in/128)], as DeepSeek-V3 lays it out) and `quantizers/quantizer_finegrained_fp8.py`
   (lm_head, embeddings and norms stay bf16). `FineGrainedFP8Config` refuses to quantize without
   a GPU ("A GPU or XPU is needed for FP8 quantization"); with CUDA mocked it quantized and
-  saved a tiny Llama on this CPU, and `fp8_block_quantize` below gave the same bytes for every
-  128-divisible weight. config.json: DeepSeek-V3's `quantization_config`. That layout is now
-  read (tests/test_fp8.py); refused here: its per-tensor variant (a quantization_config without
-  weight_block_size; a 32x64 weight's one 128x128 block is its one scale), and block scales
-  declared only under text_config or without any quantization_config.
+  saved a tiny Llama on this CPU, and `quantize_like_transformers` (tests/producers_fp8.py)
+  gave the same bytes for every 128-divisible weight. config.json: DeepSeek-V3's
+  `quantization_config`. That layout is now read (tests/test_fp8.py); refused here: its
+  per-tensor variant (a quantization_config without weight_block_size; a 32x64 weight's one
+  128x128 block is its one scale), and block scales declared only under text_config or
+  without any quantization_config.
 - bitsandbytes int8 and 4-bit (nf4): bitsandbytes 0.50.2 (pip download; it runs on CPU) with
   transformers 5.24 `BitsAndBytesConfig(load_in_8bit / load_in_4bit)`, from_pretrained +
   save_pretrained of a tiny Llama: int8 = `weight` I8 [out, in] + `SCB` F32 [out] +
@@ -44,6 +45,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import bits, load_dir, read_json, reference_fuse, run_cli
+from producers_fp8 import quantize_like_transformers
 from safetensors.torch import load_file, save_file
 
 from rejuv_cli.checkpoint.quantization import detect_quantization
@@ -105,23 +107,6 @@ GPTQ_CONFIG = {
 
 
 # ---- producers' layouts --------------------------------------------------------------------
-def fp8_block_quantize(w: torch.Tensor, block=(128, 128)):
-    """(float8_e4m3fn codes, F32 weight_scale_inv [ceil(out/bm), ceil(in/bn)])."""
-    rows, cols = w.shape
-    bm, bn = block
-    gr, gc = math.ceil(rows / bm), math.ceil(cols / bn)
-    padded = torch.zeros(gr * bm, gc * bn, dtype=torch.float32)
-    padded[:rows, :cols] = w.to(torch.float32)
-    tiles = padded.reshape(gr, bm, gc, bn)
-    amax = tiles.abs().amax(dim=(-3, -1))
-    scales = FP8_MAX / torch.where(amax > 0, amax, torch.ones_like(amax))
-    scales = torch.where(amax > 0, scales, torch.ones_like(scales))
-    inv = (1.0 / scales).to(torch.float32)
-    scaled = tiles * scales.unsqueeze(-1).unsqueeze(-3)
-    codes = torch.clamp(scaled, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return codes.reshape(gr * bm, gc * bn)[:rows, :cols].contiguous(), inv
-
-
 def bnb_int8_quantize(w: torch.Tensor):
     """(CB int8 [out, in], SCB F32 [out]): LLM.int8 row-wise absmax on the fp16 weight."""
     a = w.to(torch.float16)
@@ -172,7 +157,7 @@ def is_linear(name: str) -> bool:
 def fp8_tensors(name, t):
     if not is_linear(name):
         return {name: t}
-    codes, inv = fp8_block_quantize(t)
+    codes, inv = quantize_like_transformers(t)
     return {name: codes, name.removesuffix("weight") + "weight_scale_inv": inv}
 
 

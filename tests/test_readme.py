@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,10 @@ SKIPS = [
 # Examples that take more than a few seconds run in `make test-all` (marker slow), so that
 # `make test` stays within CI's 5 minutes: the diagnose examples (forward passes, 4-11 s each),
 # `make demo` (about 41 s), its sweep with --generate, and the GPU kit on the CPU.
+# The FSDP and DCP examples need shards written by 2 gloo processes (about 10 s): slow too.
+SHARDED = r"\./global_step_500|\./dcp-step-1000"
 SLOW = [r"^make demo\b", r"rejuv diagnose ", r"rejuv sweep bench/handoff/demo/",
-        r"^DRY_RUN=1 make (test|bench)-gpu"]  # fmt: skip
+        r"^DRY_RUN=1 make (test|bench)-gpu", SHARDED]  # fmt: skip
 # Hub ids in the examples -> repos of the offline Hub cache that huggingface_hub wrote.
 HUB_IDS = {"Qwen/Qwen2.5-1.5B": "acme/tiny-base", "Qwen/Qwen3-8B": "acme/tiny-sft"}
 GATE_TRIPPED = 3  # an example with --fail-on may trip its gate on the fixture: that is its job
@@ -124,6 +127,17 @@ def workdir_template(llama, hub_cache, tmp_path_factory):
     result = run_cli("fuse", llama[0], llama[1], "--out", root / "sft-rejuv", "--quiet")
     assert result.exit_code == 0, result.stderr
     (root / "bench").symlink_to(ROOT / "bench")
+    # what trainers save (README "Inputs trainers save"), made by their producers: a PEFT
+    # adapter over ./base, and the pair in block-scaled FP8 (hand-written layout)
+    from peft import LoraConfig
+    from producers_fp8 import write_fp8
+    from producers_peft import save_adapter
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False)  # fmt: skip
+    save_adapter(llama[0], root / "adapter", lora, dtype=torch.bfloat16)
+    write_fp8(llama[0], root / "base-fp8")
+    write_fp8(llama[1], root / "sft-fp8")
     bin_dir = root / ".bin"
     bin_dir.mkdir()
     if shutil.which("jq") is None:  # the examples pipe JSON into jq; a stand-in for `jq .a.b`
@@ -141,13 +155,26 @@ def workdir_template(llama, hub_cache, tmp_path_factory):
     return root, env
 
 
+@pytest.fixture(scope="module")
+def sharded(llama, tmp_path_factory):
+    """./global_step_500 (verl's rank files) and ./dcp-step-1000 (dcp.save) of ./sft, written
+    by FSDP2 on 2 gloo processes (tests/producers_dist.py)."""
+    from producers_dist import shard_checkpoint
+
+    made = shard_checkpoint(llama[1], tmp_path_factory.mktemp("sharded"))
+    return {"global_step_500": made["verl"], "dcp-step-1000": made["dcp"]}
+
+
 @pytest.mark.parametrize("example", PARAMS)
-def test_readme_example_runs(example, workdir_template, tmp_path):
+def test_readme_example_runs(example, workdir_template, tmp_path, request):
     if example.skip:
         pytest.skip(example.skip)
     template, env = workdir_template
     for entry in template.iterdir():  # a fresh directory: examples writing ./out don't collide
         (tmp_path / entry.name).symlink_to(entry.resolve() if entry.is_symlink() else entry)
+    if re.search(SHARDED, example.command):
+        for name, path in request.getfixturevalue("sharded").items():
+            (tmp_path / name).symlink_to(path)
     command = example.command
     for hub_id, local in HUB_IDS.items():
         command = command.replace(hub_id, local)

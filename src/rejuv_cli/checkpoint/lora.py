@@ -17,12 +17,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE, torch_dtype
 from rejuv_cli.checkpoint.input_files import ADAPTER_CONFIG, TOKENIZER_FILES, use_config_from
 from rejuv_cli.checkpoint.lora_config import LoraSettings, read_adapter_config
 from rejuv_cli.checkpoint.lora_keys import PREFIX, AdapterWeights, Edit, plan_edits
 from rejuv_cli.checkpoint.safetensors_file import TensorInfo
 from rejuv_cli.checkpoint.source import ModelSource
+from rejuv_cli.errors import CheckpointError
 
 # Rows of s·B·A are computed BLOCK_ELEMENTS at a time (2 MiB of float32): the CPU stream's chunk
 # (checkpoint/stream.py CHUNK_ELEMENTS["cpu"]), so a CPU chunk is one block, one GEMM.
@@ -48,6 +51,7 @@ class LoraAdapter(ModelSource):
         self.warnings: list[str] = list(warnings)
         if config_from is not None:
             use_config_from(self, config_from)
+        _check_vocabulary(self.config, edits, base, root, label)
         self.tensors = {}
         for name, info in base.tensors.items():
             e = edits.get(name)
@@ -60,6 +64,8 @@ class LoraAdapter(ModelSource):
                                             nbytes, e.out_dtype)  # fmt: skip
         self._held: tuple[str, dict] = ("", {})  # (tensor name, adapter key -> small tensor)
         self._block: tuple = (None, None)  # ((tensor name, block index), its delta rows)
+        self._raw = np.empty(0, dtype=np.uint8)  # BASE's bytes of the rows being read
+        self._delta_buf = None  # float32 block that s·B·A is computed in, reused
 
     # ---- reading -------------------------------------------------------------------------
     def read_into(self, name: str, start: int, stop: int, out) -> None:
@@ -74,6 +80,15 @@ class LoraAdapter(ModelSource):
 
         row_len = math.prod(edit.shape[1:]) if len(edit.shape) > 1 else 1
         r0, r1 = start // row_len, -(-stop // row_len)
+        plain = edit.lora is not None and not (edit.whole or edit.lora_bias or edit.token_rows)
+        if plain and start == r0 * row_len and stop == r1 * row_len:
+            # the common case (whole rows of a LoRA target, as streams read them): base rows
+            # and delta summed straight into `out`, no temporaries (freed chunk-sized blocks
+            # would stay in glibc's arenas and grow the process by ~70 MB on the bench pair)
+            rows = torch.from_numpy(out).view(torch.float32).view(r1 - r0, -1)
+            rows.copy_(self._base_rows(name, r0, r1).reshape(r1 - r0, -1))
+            rows.add_(self._delta(name, edit, r0, r1).reshape(r1 - r0, -1))
+            return
         rows = self._rows(name, edit, r0, r1).reshape(-1)
         flat = rows[start - r0 * row_len : stop - r0 * row_len].contiguous()
         out[:] = flat.view(torch.uint8).numpy()
@@ -103,18 +118,26 @@ class LoraAdapter(ModelSource):
             lo = blk * per
             if self._block[0] != (name, blk):
                 a, b = (self._small(name, k).float() for k in e.lora)
-                d = delta_rows(a, b, e.scale, e.transposed, lo, min(lo + per, e.shape[0]))
+                hi = min(lo + per, e.shape[0])
+                need = (hi - lo) * (math.prod(e.shape[1:]) or 1)
+                if self._delta_buf is None or self._delta_buf.numel() < need:
+                    self._delta_buf = torch.empty(need, dtype=torch.float32)
+                d = delta_rows(a, b, e.scale, e.transposed, lo, hi, self._delta_buf)
                 self._block = ((name, blk), d)
-            parts.append(self._block[1][max(r0, lo) - lo : min(r1, lo + per) - lo])
+            part = self._block[1][max(r0, lo) - lo : min(r1, lo + per) - lo]
+            # the next block is computed in the same buffer: keep a copy of this one's rows
+            parts.append(part if r1 <= lo + per else part.clone())
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _base_rows(self, name: str, r0: int, r1: int):
-        import numpy as np
         import torch
 
         info = self.base.tensors[name]
         row_len = math.prod(info.shape[1:]) if len(info.shape) > 1 else 1
-        buf = np.empty((r1 - r0) * row_len * ITEMSIZE[info.dtype], dtype=np.uint8)
+        nbytes = (r1 - r0) * row_len * ITEMSIZE[info.dtype]
+        if self._raw.size < nbytes:  # one buffer, grown on demand and reused
+            self._raw = np.empty(nbytes, dtype=np.uint8)
+        buf = self._raw[:nbytes]
         self.base.read_into(name, r0 * row_len, r1 * row_len, buf)
         t = torch.from_numpy(buf).view(torch_dtype(info.dtype))
         return t.reshape(r1 - r0, *info.shape[1:])
@@ -151,6 +174,24 @@ class LoraAdapter(ModelSource):
         """Closes the adapter's file only: the caller owns and closes BASE."""
         self._held, self._block = ("", {}), (None, None)
         self.weights.close()
+
+
+def _check_vocabulary(config: dict, edits: dict, base: ModelSource, root: Path, label: str):
+    """An adapter that saved a resized embedding (added tokens) needs the fine-tuned config and
+    tokenizer: with BASE's, the output's config.json would declare fewer tokens than its
+    embedding has rows, and transformers would refuse to load it."""
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    for name, e in edits.items():
+        if (
+            e.whole
+            and isinstance(vocab, int)
+            and e.shape[0] > max(vocab, base.tensors[name].shape[0])
+        ):
+            raise CheckpointError(
+                f"{label} {root}: '{name}' has {e.shape[0]} rows (the vocabulary was resized "
+                f"for added tokens) but config.json says vocab_size {vocab}; pass "
+                "--config-from DIR with the fine-tuned model's config.json and tokenizer"
+            )
 
 
 def describe_adapter(root: Path) -> dict:
@@ -198,18 +239,23 @@ def block_rows(shape: tuple[int, ...]) -> int:
     return max(1, BLOCK_ELEMENTS // (math.prod(shape[1:]) or 1))
 
 
-def delta_rows(a, b, scale: float, transposed: bool, r0: int, r1: int):
+def delta_rows(a, b, scale: float, transposed: bool, r0: int, r1: int, buf=None):
     """Rows [r0, r1) of the LoRA delta as the target tensor stores it; float32 math.
 
     a: lora_A [r, in], b: lora_B [out, r] (float32). Not transposed (nn.Linear, weight
     [out, in]): (b[r0:r1] @ a) * scale -> [r1-r0, in]. Transposed (Conv1D weight [in, out],
     embeddings with a = lora_embedding_A [r, vocab], b = lora_embedding_B [dim, r]):
     (b @ a[:, r0:r1]).T * scale -> [r1-r0, out]. Same products and order as PEFT's
-    `transpose(B @ A, fan_in_fan_out) * scaling`, for a row range only.
+    `transpose(B @ A, fan_in_fan_out) * scaling`, for a row range only. `buf`: a float32
+    buffer of at least that many elements to compute in (the result is a view of it).
     """
-    if transposed:
-        return (b @ a[:, r0:r1]).T * scale
-    return (b[r0:r1] @ a) * scale
+    import torch
+
+    left, right = (b, a[:, r0:r1]) if transposed else (b[r0:r1], a)
+    shape = (left.shape[0], right.shape[1])
+    out = None if buf is None else buf[: shape[0] * shape[1]].view(shape)
+    d = torch.matmul(left, right, out=out).mul_(scale)
+    return d.T if transposed else d
 
 
 def replace_rows(x, new_rows, indices: tuple[int, ...], r0: int) -> None:

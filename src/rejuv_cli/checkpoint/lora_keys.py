@@ -189,12 +189,8 @@ def _whole(e: Edit, key, weights, base_shape, base, where, warnings) -> None:
              and base_shape[0] == vocab)  # fmt: skip
     if shape != tuple(base_shape) and not grown:
         raise _shape_error(where, key, shape, e, base)
-    if grown:  # an embedding resized for added tokens: those rows exist only in the adapter
-        warnings.append(
-            f"{where}: '{key}' has {shape[0]} rows, BASE {base_shape[0]} (added tokens); the "
-            "output's config.json (vocab_size) and tokenizer must match: if BASE's do not, take "
-            "the fine-tuned ones with --config-from DIR"
-        )
+    # grown: an embedding resized for added tokens, whose new rows exist only in the adapter
+    # (LoraAdapter checks that the config it is read with has that many tokens)
     e.whole, e.dtype, e.shape = key, dtype, shape
 
 
