@@ -416,3 +416,17 @@ def test_diagnose_sweep_and_inspect_a_dcp_directory(run, tmp_path):
     assert [r | {"seconds": 0} for r in got["rows"]] == [r | {"seconds": 0} for r in want["rows"]]
     facts = json.loads(run_cli("inspect", run / "nested", *dcp_dir, "--json").stdout)["input"]
     assert facts["format"] == "dcp" and facts["ranks_written"] == [0, 1]
+
+
+def test_a_dcp_directory_as_base(run, tmp_path):
+    """BASE may be a DCP directory too (config from --config-from; SFT has its own)."""
+    from conftest import noisy_copy, run_cli
+
+    ref = run / "reference"
+    sft = noisy_copy(ref, tmp_path / "sft", seed=1)
+    out_dcp, out_hf = tmp_path / "dcp", tmp_path / "hf"
+    r = run_cli("fuse", run / "flat", sft, "--config-from", ref, "--out", out_dcp, "-q")
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("fuse", ref, sft, "--out", out_hf, "-q").exit_code == 0
+    got, want = (load_file(d / "model.safetensors") for d in (out_dcp, out_hf))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)

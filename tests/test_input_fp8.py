@@ -63,3 +63,17 @@ def test_inspect_reports_the_quantization(fp8):
     assert report["unit_map"] == "llama-like" and report["misfits"] == []
     table = run_cli("inspect", fp8["sft"]).stdout
     assert "FP8 with 128x128 block scales: " in table
+
+
+def test_sweep_over_fp8_inputs(fp8):
+    """BASE and SFT rows are measured on the bf16 copies; each α row on the candidate fused
+    from the dequantized float32 values (so only BASE/SFT rows can equal the bf16 pair's)."""
+    flags = ["--calib", "builtin:math", "--samples", "8", "--alphas", "0.5,1.0", "--json", "-",
+             "-q"]  # fmt: skip
+    got = run_cli("sweep", fp8["base"], fp8["sft"], *flags)
+    ref = run_cli("sweep", fp8["bf16_base"], fp8["bf16_sft"], *flags)
+    assert got.exit_code == 0 and ref.exit_code == 0, got.stderr
+    a, b = json.loads(got.stdout), json.loads(ref.stdout)
+    assert a["base"] == b["base"] and a["sft"] == b["sft"]
+    assert [r["alpha"] for r in a["rows"]] == [0.5, 1.0]
+    assert a["inputs"]["models"]["sft"]["format"] == "fp8-block"
