@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"pairing", "recipe", "settings", "reset.registry"},  # inputs to both: pairs and settings
     {"calib", "checkpoint", "report", "testing"},  # data, I/O, rendering
     {"arch", "ops"},  # architecture knowledge as data; pure tensor math
-    {"errors", "jsonio", "__init__"},
+    {"errors", "jsonio", "__init__", "dist"},  # dist: which torchrun rank this is
 ]
 # Stricter rules than the layers: (importer prefix, imported prefix) never allowed.
 FORBIDDEN = [

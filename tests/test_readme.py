@@ -33,6 +33,7 @@ from usage import render  # noqa: E402
 SKIPS = [
     (r"^make test\b", "more than a minute: the whole suite, this test included"),
     (r"^PYTHON=python3 make (test|bench)-gpu", "needs a GPU (CUDA)"),
+    (r"^srun ", "needs a Slurm cluster"),
 ]
 # Examples that take more than a few seconds run in `make test-all` (marker slow), so that
 # `make test` stays within CI's 5 minutes: the diagnose examples (forward passes, 4-11 s each),

@@ -22,7 +22,7 @@ from rejuv_cli.checkpoint.dtypes import ITEMSIZE, torch_dtype
 from rejuv_cli.checkpoint.fp8 import SCALE_SUFFIX
 from rejuv_cli.checkpoint.source import TensorSource
 from rejuv_cli.checkpoint.stream import Buffers, PairedChunk, PairedStream, TensorPair, row_length
-from rejuv_cli.errors import NonFiniteError
+from rejuv_cli.errors import NonFiniteError, OutputError
 from rejuv_cli.ops.fp8 import dequantize, quantize_rows
 from rejuv_cli.ops.fuse import all_finite, fuse_into
 from rejuv_cli.ops.reset import reset_values
@@ -249,6 +249,54 @@ def _close(f) -> None:
         f.close()
     except OSError as e:
         raise OSError(e.errno, e.strerror, f.name) from e
+
+
+def write_shards(plan: FusePlan, base: TensorSource, sft: TensorSource, device: torch.device,
+                 out_dir: Path, on_bytes=None, resets=None, reset_settings=None,
+                 ) -> tuple[ExecStats, dict[str, int]]:  # fmt: skip
+    """Write this rank's shards of `plan` into `out_dir` (every shard in a single process).
+
+    Under torchrun the shards are dealt to the ranks by bytes (dist.split_by_bytes), each
+    rank reads only the tensors it writes, and the ranks' statistics are gathered: every rank
+    returns the whole run's (digests of every tensor read, bytes, the slowest rank's seconds)
+    and shard file -> the rank that wrote it. Returning is the point where all ranks are done.
+    """
+    from dataclasses import replace
+
+    from rejuv_cli import dist
+
+    ranks = dist.current()
+    dealt = dist.split_by_bytes({s.filename: s.file_bytes for s in plan.shards}, ranks.world)
+    own = set(dealt[ranks.rank])
+    mine = replace(plan, shards=[s for s in plan.shards if s.filename in own])
+    stats = Executor(mine, base, sft, device, on_bytes, resets, reset_settings).run(out_dir)
+    writers = {f: r for r, files in enumerate(dealt) for f in files}
+    if not ranks.active:
+        return stats, writers
+    total = ExecStats()
+    for digests, written, seconds in dist.all_gather((stats.digests, stats.bytes_written,
+                                                      stats.seconds)):  # fmt: skip
+        for role in ("base", "sft"):
+            total.digests[role].update(digests[role])
+        total.bytes_written += written
+        total.seconds = max(total.seconds, seconds)
+    if ranks.main:
+        check_shards_arrived(plan, out_dir, writers)
+    return total, writers
+
+
+def check_shards_arrived(plan: FusePlan, tmp: Path, writers: dict[str, int]) -> None:
+    """Every shard in rank 0's directory at its planned size: under torchrun, ranks on other
+    hosts write into the same path, which only a shared filesystem makes the same directory."""
+    for s in plan.shards:
+        path = tmp / s.filename
+        size = path.stat().st_size if path.is_file() else None
+        if size != s.file_bytes:
+            raise OutputError(
+                f"{path}: shard written by rank {writers[s.filename]} is "
+                f"{'missing' if size is None else f'{size} bytes, not {s.file_bytes}'} where "
+                "rank 0 writes the output; OUT must be on a filesystem every rank shares"
+            )
 
 
 def checkpoint_digest(tensor_digests: dict[str, str], ckpt: TensorSource) -> str:

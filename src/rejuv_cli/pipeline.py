@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rejuv_cli import __version__
+from rejuv_cli import __version__, dist
 from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.checkpoint.formats import open_source
 from rejuv_cli.checkpoint.resolve import ResolvedModel, resolve_model
@@ -196,7 +196,7 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
         mask = select_mask(layout, scores, settings, inputs)
         mask.info = {k: v for k, v in scores.info.items() if k != "warnings"}
         p.plan.warnings.extend(scores.info.get("warnings", []))
-    if p.job.mask_out is not None:
+    if p.job.mask_out is not None and dist.current().main:
         save_mask(mask, p.job.mask_out)
     moments = None
     if settings.mode != "base":  # noise is scaled by each tensor's spread: one BASE pass
@@ -324,7 +324,7 @@ def run_fuse(
     from rejuv_cli.checkpoint.output import note_to_stderr, output_dir
     from rejuv_cli.checkpoint.stream import pick_device
     from rejuv_cli.checkpoint.writer import write_index
-    from rejuv_cli.executor import Executor, checkpoint_digest
+    from rejuv_cli.executor import checkpoint_digest, write_shards
 
     check_free_space(p.job.out, output_bytes_needed(p))  # before a long scoring pass
     device = pick_device(p.job.device)
@@ -333,9 +333,14 @@ def run_fuse(
         chosen = choose_reset(p, device, on_score_bytes)
     resets, mask, reset_seconds = (chosen.resets, chosen.mask, chosen.seconds) if chosen else \
         (None, None, None)  # fmt: skip
+    if not dist.current().main:  # another torchrun rank: its shards, into rank 0's directory
+        tmp = Path(dist.broadcast(None))
+        write_shards(p.plan, p.base, p.sft, device, tmp, on_bytes, resets, p.job.recipe.reset)
+        return {}
     with output_dir(p.job.out, p.job.overwrite, say or note_to_stderr) as tmp:
-        executor = Executor(p.plan, p.base, p.sft, device, on_bytes, resets, p.job.recipe.reset)
-        stats = executor.run(tmp)
+        dist.broadcast(str(tmp))  # the shared temporary directory every rank writes into
+        stats, writers = write_shards(p.plan, p.base, p.sft, device, tmp, on_bytes, resets,
+                                      p.job.recipe.reset)  # fmt: skip
         write_index(tmp, p.plan.shards)
         dtypes = set(p.plan.out_dtypes())
         explicit = p.job.recipe.dtype != "auto" and len(dtypes) == 1
@@ -356,6 +361,8 @@ def run_fuse(
         summary["throughput_mb_s"] = round(stats.bytes_written / 1e6 / max(stats.seconds, 1e-9), 1)
         summary["device"] = str(device)
         summary["side_files"] = side_files
+        if dist.current().active:  # torchrun: who wrote what (single-process runs: absent)
+            summary["ranks"] = {"world_size": dist.current().world, "shards": writers}
         write_card_and_provenance(tmp, provenance(p, summary) | (extra or {}))
     return summary
 
@@ -372,6 +379,7 @@ def provenance(p: Prepared, summary: dict) -> dict:
         "reset": summary["reset"],
         "out_dtypes": summary["out_dtypes"],
         "shards": summary["shards"],
+        **({"ranks": summary["ranks"]} if "ranks" in summary else {}),
         "warnings": summary["warnings"],
         "seconds": summary["seconds"],
         "device": summary["device"],

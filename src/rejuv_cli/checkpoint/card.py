@@ -67,6 +67,16 @@ def _form(model: dict) -> str:
     return describe_line(model.get("input") or {"format": model.get("format")}).replace("|", "/")
 
 
+def _ranks_line(ranks: dict | None) -> str:
+    """Under torchrun: how many processes wrote the shards (rejuv.json `ranks` says which)."""
+    if not ranks:
+        return ""
+    return (
+        f"Written by {ranks['world_size']} torchrun processes, the shards dealt by bytes "
+        "(`ranks` in rejuv.json: which wrote each); the same bytes as one process.\n"
+    )
+
+
 def model_card(provenance: dict) -> str:
     inputs, counts = provenance["inputs"], provenance["counts"]
     front = _front_matter(inputs)
@@ -124,7 +134,7 @@ Command:
 {counts["from_base"]} BASE's (α = 0), {counts["copied"]} copied whole from SFT (of them
 {counts["sft_only"]} only in SFT); {counts["reset"]} of the {counts["tensors"]} hold reset units;
 {counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
-Full provenance: `rejuv.json`.
+{_ranks_line(provenance.get("ranks"))}Full provenance: `rejuv.json`.
 {_sweep_section(provenance.get("sweep"))}"""
 
 

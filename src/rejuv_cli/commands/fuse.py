@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rejuv_cli import dist
 from rejuv_cli.commands.common import (
     JsonFlag,
     OutOption,
@@ -106,6 +107,9 @@ def fuse_command(
                   command_line(words, v), mask_in=mask, mask_out=save_mask,
                   max_memory=parse_max_memory(v["max_memory"]),
                   config_from=v["config_from"])  # fmt: skip
+    ranks = _join_ranks(v["device"], effective.reset, mask)
+    quiet = quiet or not ranks.main  # one report, from rank 0
+    json_out = json_out and ranks.main
     console = stderr_console(quiet=quiet)
     show_progress = not quiet and sys.stderr.isatty()
     prepared = prepare_fuse(job)
@@ -124,10 +128,31 @@ def fuse_command(
         summary = _run_with_progress(prepared, console, show_progress) | {"dry_run": False}
     finally:
         prepared.close()
+        if sys.exc_info()[0] is None:  # every rank got here: leave the process group together
+            dist.shutdown()
+    if not ranks.main:
+        return
     if json_out:
         print_json(summary)
     render_warnings(console, summary["warnings"])
     render_summary(console, summary)
+
+
+def _join_ranks(device: str, settings, mask):
+    """Under torchrun, join the process group (one rank per process; on CUDA each rank uses
+    the GPU LOCAL_RANK names). The data scorers' forward passes are not split across ranks yet:
+    refused there, with the way round."""
+    from rejuv_cli.checkpoint.stream import pick_device
+
+    ranks = dist.init_from_env(pick_device(device).type)
+    if ranks.active and _scores_from_data(settings, mask):
+        raise UsageError(
+            f"--select {settings.select} under torchrun: the data scorers' forward passes do not "
+            "run split across ranks yet; choose the units in one process first (rejuv fuse ... "
+            "--dry-run --save-mask units.safetensors), then run torchrun with --mask "
+            "units.safetensors"
+        )
+    return ranks
 
 
 def _scores_from_data(settings, mask) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rejuv_cli import dist
 from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.checkpoint.source import TensorSource
 from rejuv_cli.errors import ArchError
@@ -56,6 +57,11 @@ def stream_norms(
     stream = PairedStream(base, sft, device)
     scratch = Scratch(device)  # reused float32 buffers: no allocation per chunk
     order = sorted(tensor_axes, key=lambda n: (str(base.tensors[n].file), base.tensors[n].offset))
+    # Under torchrun each rank streams its share of the tensors (by bytes) and the per-tensor
+    # results are gathered: a tensor's norms do not depend on which rank computed them, so
+    # every rank ends with what one process computes, and selects the same units.
+    every = order
+    order = dist.mine({n: base.tensors[n].nbytes for n in every})
     result: dict[str, TensorNorms] = {}
     for name in order:
         shape = base.tensors[name].shape
@@ -88,6 +94,9 @@ def stream_norms(
             if on_bytes is not None:
                 on_bytes((c.stop - c.start) * b.element_size())
         result[name] = norms
+    if dist.current().active:
+        gathered = {k: v for part in dist.all_gather(result) for k, v in part.items()}
+        result = {n: gathered[n] for n in every}
     return result
 
 

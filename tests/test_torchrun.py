@@ -1,0 +1,135 @@
+"""`rejuv fuse` under torchrun (#20, part 1): 2 processes with the gloo backend on CPU.
+
+Each run is launched by torch's own launcher (`python -m torch.distributed.run`, what the
+`torchrun` script runs) on the shared llama fixture, with small shards so that both ranks write
+some. The outputs must be byte-identical to one process's: shards, index, config, tokenizer;
+rejuv.json differs only by its `ranks` record, timings and the --out path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import edit_checkpoint, run_cli
+
+from rejuv_cli.dist import split_by_bytes
+
+SHARDS = ("--shard-size", "20KB")  # the fixture's 54 KB output in 3 shards
+
+
+def torchrun(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", "-m", "rejuv_cli", *map(str, args)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def same_files(a, b) -> list[str]:
+    """Names of files in both directories whose bytes differ."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    return [n for n in names if (a / n).read_bytes() != (b / n).read_bytes()]
+
+
+def test_split_by_bytes_balances_and_keeps_order():
+    sizes = {"a": 50, "b": 30, "c": 30, "d": 20, "e": 10}
+    assert split_by_bytes(sizes, 2) == [["a", "d"], ["b", "c", "e"]]  # 70 / 70 bytes
+    assert split_by_bytes(sizes, 1) == [list(sizes)]
+    assert split_by_bytes({"x": 1}, 3) == [["x"], [], []]
+
+
+@pytest.mark.parametrize("flags", [(), ("--reset", "0")], ids=["default-reset", "fusion"])
+def test_two_ranks_write_what_one_process_writes(llama, tmp_path, flags):
+    base, sft = llama
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli("fuse", base, sft, "--out", one, *SHARDS, *flags, "-q").exit_code == 0
+    r = torchrun("fuse", base, sft, "--out", two, *SHARDS, *flags)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert same_files(one, two) == ["README.md", "rejuv.json"]
+    a, b = (json.loads((d / "rejuv.json").read_text()) for d in (one, two))
+    assert "ranks" not in a
+    written = b.pop("ranks")
+    for k in ("seconds", "command"):
+        a.pop(k), b.pop(k)
+    for k in set(a["reset"] or {}) | set(b["reset"] or {}):
+        assert k == "seconds" or a["reset"][k] == b["reset"][k], k
+    a["reset"], b["reset"] = (dict(x or {}, seconds=None) for x in (a["reset"], b["reset"]))
+    assert a == b  # digests, counts, the reset's units: all as one process
+    sizes = {s["file"]: s["bytes"] for s in b["shards"]}
+    assert written["world_size"] == 2
+    assert written["shards"] == {f: r for r, fs in enumerate(split_by_bytes(sizes, 2)) for f in fs}
+    assert set(written["shards"].values()) == {0, 1}
+    assert "Written by 2 torchrun processes" in (two / "README.md").read_text()
+    assert list(tmp_path.iterdir()) == [one, two]  # no temporary directory left
+
+
+def test_two_ranks_apply_a_mask(llama, tmp_path):
+    base, sft = llama
+    mask = tmp_path / "units.safetensors"
+    r = run_cli("fuse", base, sft, "--out", tmp_path / "one", *SHARDS, "--save-mask", mask, "-q")
+    assert r.exit_code == 0, r.stderr
+    r = torchrun("fuse", base, sft, "--out", tmp_path / "two", *SHARDS, "--mask", mask)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert same_files(tmp_path / "one", tmp_path / "two") == ["README.md", "rejuv.json"]
+
+
+def test_a_rank_that_fails_leaves_nothing(llama, tmp_path):
+    """A NaN in one tensor of SFT: the rank that writes its shard fails with rejuv's one line,
+    torchrun stops the other, and neither OUT nor a temporary directory is left."""
+    base, sft = llama
+    bad = tmp_path / "sft"
+
+    def poison(state):
+        if "model.norm.weight" in state:
+            state["model.norm.weight"][0] = float("nan")
+            return True
+        return False
+
+    edit_checkpoint(sft, bad, poison)
+    work = tmp_path / "work"
+    work.mkdir()
+    r = torchrun("fuse", base, bad, "--out", work / "out", *SHARDS, "--reset", "0")
+    assert r.returncode != 0
+    assert "rejuv: error: tensor 'model.norm.weight' would be written with NaN" in r.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_data_scorers_are_refused_under_torchrun(llama, tmp_path):
+    base, sft = llama
+    r = torchrun("fuse", base, sft, "--out", tmp_path / "o", "--select", "dormant")
+    assert r.returncode != 0
+    assert "--select dormant under torchrun" in r.stderr and "--mask" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_rank_0_checks_that_every_shard_arrived(llama, tmp_path):
+    """Without a shared filesystem another host's shards never reach rank 0's directory: one
+    line naming the shard and its writer, before anything is renamed into place."""
+    from rejuv_cli.errors import OutputError
+    from rejuv_cli.executor import check_shards_arrived
+    from rejuv_cli.pipeline import FuseJob, prepare_fuse
+    from rejuv_cli.recipe import Recipe
+
+    out = tmp_path / "o"
+    assert run_cli("fuse", *llama, "--out", out, *SHARDS, "-q").exit_code == 0
+    p = prepare_fuse(FuseJob(str(llama[0]), str(llama[1]), None, Recipe(shard_size="20KB")))
+    p.close()
+    writers = {s.filename: i % 2 for i, s in enumerate(p.plan.shards)}
+    check_shards_arrived(p.plan, out, writers)  # all there
+    second = p.plan.shards[1].filename
+    (out / second).unlink()
+    with pytest.raises(OutputError, match=f"{second}: shard written by rank 1 is missing"):
+        check_shards_arrived(p.plan, out, writers)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_files(tmp_path):
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+assert torch.distributed.is_available()
