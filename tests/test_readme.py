@@ -40,8 +40,9 @@ SKIPS = [
 # `make demo` (about 41 s), its sweep with --generate, and the GPU kit on the CPU.
 # The FSDP and DCP examples need shards written by 2 gloo processes (about 10 s): slow too.
 SHARDED = r"\./global_step_500|\./dcp-step-1000"
+# The torchrun example repeats tests/test_torchrun.py's check (7 s of two processes' imports).
 SLOW = [r"^make demo\b", r"rejuv diagnose ", r"rejuv sweep bench/handoff/demo/",
-        r"^DRY_RUN=1 make (test|bench)-gpu", SHARDED]  # fmt: skip
+        r"^DRY_RUN=1 make (test|bench)-gpu", SHARDED, r"^torchrun "]  # fmt: skip
 # Hub ids in the examples -> repos of the offline Hub cache that huggingface_hub wrote.
 HUB_IDS = {"Qwen/Qwen2.5-1.5B": "acme/tiny-base", "Qwen/Qwen3-8B": "acme/tiny-sft"}
 GATE_TRIPPED = 3  # an example with --fail-on may trip its gate on the fixture: that is its job

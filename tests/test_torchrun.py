@@ -42,7 +42,11 @@ def test_split_by_bytes_balances_and_keeps_order():
     assert split_by_bytes({"x": 1}, 3) == [["x"], [], []]
 
 
-@pytest.mark.parametrize("flags", [(), ("--reset", "0")], ids=["default-reset", "fusion"])
+@pytest.mark.parametrize(
+    "flags",
+    [(), pytest.param(("--reset", "0"), marks=pytest.mark.slow)],
+    ids=["default-reset", "fusion"],
+)  # fusion alone: the same write path
 def test_two_ranks_write_what_one_process_writes(llama, tmp_path, flags):
     base, sft = llama
     one, two = tmp_path / "one", tmp_path / "two"
@@ -98,6 +102,7 @@ def test_a_rank_that_fails_leaves_nothing(llama, tmp_path):
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.slow  # two processes that stop at once: 8 s of imports for one message
 def test_data_scorers_are_refused_under_torchrun(llama, tmp_path):
     base, sft = llama
     r = torchrun("fuse", base, sft, "--out", tmp_path / "o", "--select", "dormant")
