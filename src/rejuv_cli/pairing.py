@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from rejuv_cli.arch.units import embeddings, stored_as
+from rejuv_cli.checkpoint.config import vocab_size
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES
 from rejuv_cli.checkpoint.fp8 import Fp8Checkpoint
 from rejuv_cli.checkpoint.names import (
@@ -222,9 +223,9 @@ def _check_shapes(name: str, b: TensorInfo, s: TensorInfo, base: Checkpoint, sft
     appended_rows = (
         len(b.shape) == len(s.shape) >= 1 and b.shape[1:] == s.shape[1:] and s.shape[0] > b.shape[0]
     )
-    vocab_sized = (s.shape[0] == _vocab(sft) and b.shape[0] == _vocab(base)) or _vocab_matrix(
-        name, sft
-    )
+    vocab_sized = (
+        s.shape[0] == vocab_size(sft.config) and b.shape[0] == vocab_size(base.config)
+    ) or _vocab_matrix(name, sft)
     if appended_rows and vocab_sized:
         return b.shape[0]
     raise MismatchError(
@@ -239,10 +240,3 @@ def _vocab_matrix(name: str, ckpt: Checkpoint) -> bool:
     e = embeddings(ckpt.config)
     named = {stored_as(e.input, ckpt.tensors), stored_as(e.output, ckpt.tensors)}
     return name in named or bool(_VOCAB_NAMES.search(name))
-
-
-def _vocab(ckpt: Checkpoint) -> int | None:
-    for cfg in (ckpt.config, ckpt.config.get("text_config") or {}):
-        if isinstance(cfg.get("vocab_size"), int):
-            return cfg["vocab_size"]
-    return None

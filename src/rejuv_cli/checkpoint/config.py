@@ -74,6 +74,15 @@ def read_config(path: Path, label: str) -> dict:
     return config
 
 
+def vocab_size(config: dict) -> int | None:
+    """The vocabulary size config.json declares, at the top level or in `text_config`
+    (multimodal models), or None."""
+    for cfg in (config, config.get("text_config") or {}):
+        if isinstance(cfg.get("vocab_size"), int):
+            return cfg["vocab_size"]
+    return None
+
+
 def config_problem(config: dict, prefix: str = "") -> str | None:
     """The first field rejuv reads that has the wrong type or an impossible value, as
     "FIELD: must be ... (got ...)", or None."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rejuv_cli.checkpoint.config import vocab_size
 from rejuv_cli.checkpoint.dtypes import ITEMSIZE, torch_dtype
 from rejuv_cli.checkpoint.input_files import ADAPTER_CONFIG, TOKENIZER_FILES, use_config_from
 from rejuv_cli.checkpoint.lora_config import LoraSettings, read_adapter_config
@@ -180,7 +181,7 @@ def _check_vocabulary(config: dict, edits: dict, base: ModelSource, root: Path, 
     """An adapter that saved a resized embedding (added tokens) needs the fine-tuned config and
     tokenizer: with BASE's, the output's config.json would declare fewer tokens than its
     embedding has rows, and transformers would refuse to load it."""
-    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    vocab = vocab_size(config)
     for name, e in edits.items():
         if (
             e.whole

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rejuv_cli.checkpoint.config import vocab_size
 from rejuv_cli.checkpoint.dtypes import FUSABLE_CODES, code_of
 from rejuv_cli.checkpoint.input_files import ADAPTER_CONFIG
 from rejuv_cli.checkpoint.lora_config import MERGE, LoraSettings, lora_scale
@@ -182,9 +183,7 @@ def plan_edits(weights: AdapterWeights, s: LoraSettings, base: ModelSource,
 
 def _whole(e: Edit, key, weights, base_shape, base, where, warnings) -> None:
     dtype, shape = weights.table[key]
-    vocab = base.config.get("vocab_size") or (base.config.get("text_config") or {}).get(
-        "vocab_size"
-    )
+    vocab = vocab_size(base.config)
     grown = (len(shape) == 2 and shape[1:] == tuple(base_shape[1:]) and shape[0] > base_shape[0]
              and base_shape[0] == vocab)  # fmt: skip
     if shape != tuple(base_shape) and not grown:
