@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all test-browser lint format demo bench handoff clean \
-	test-gpu bench-gpu digests bench-compare docs handoff-full bench-moe bench-inputs
+	test-gpu bench-gpu digests bench-compare docs handoff-full bench-moe bench-inputs bench-torchrun dist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ test-gpu:  ## CUDA vs CPU on the tiny fixtures (~1-2 min) -> bench/results/gpu_t
 bench-gpu:  ## fuse on CUDA vs the I/O floor, ~1.5B-param pair (<4 min) -> bench/results/gpu_bench.md
 	PYTHONPATH=src DRY_RUN=$(DRY_RUN) $(PYTHON) bench/gpu_bench.py $(BENCH_ARGS)
 
+bench-torchrun: $(STAMP)  ## fuse on 1 process vs 2 torch.distributed ranks, ~1B-param pair (~5 min)
+	$(BIN)/python bench/torchrun_bench.py
+	$(BIN)/python docs/bench_tables.py
+
 bench-moe: $(STAMP)  ## peak memory of diagnose / --select dormant: MoE vs dense, same size (~89M)
 	$(BIN)/python bench/moe_memory.py
 	$(BIN)/python docs/bench_tables.py
@@ -71,9 +75,10 @@ bench-moe: $(STAMP)  ## peak memory of diagnose / --select dormant: MoE vs dense
 bench-compare: $(STAMP)  ## fuse wall time vs REV, alternated: make bench-compare REV=<commit>
 	$(BIN)/python bench/compare_revs.py $(REV)
 
-docs: $(STAMP)  ## rewrite the README's usage blocks (from the commands) and bench blocks (from bench/results)
+docs: $(STAMP)  ## rewrite the README's usage and bench blocks, and the JSON Schema files (from their sources)
 	$(BIN)/python docs/usage.py
 	$(BIN)/python docs/bench_tables.py
+	$(BIN)/python docs/schemas.py
 
 digests: $(STAMP)  ## rerun the recorded fuse/mask/diagnose cases, compare with bench/results/digests.json
 	$(BIN)/python bench/digests.py
@@ -87,6 +92,12 @@ handoff: $(VENV)/.bench  ## toy SFT->RL experiment (round two, the 60-min grid) 
 
 handoff-full: $(VENV)/.bench  ## round two's full pre-registered grid (the committed results; ~70 min idle)
 	$(BIN)/python bench/handoff/run.py --full
+
+# The sdist from the checkout, then the wheel from that sdist (python -m build's default), so a
+# missing sdist file fails here; earlier builds are removed so dist/ holds this version only.
+dist: $(STAMP)  ## sdist and wheel into dist/ (tests/test_release.py installs the same build)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
 
 clean:
 	rm -rf .demo .bench .handoff build dist src/*.egg-info

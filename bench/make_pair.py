@@ -2,6 +2,7 @@
 
     python bench/make_pair.py --preset demo  --out .demo         # ~0.1M params, a few seconds
     python bench/make_pair.py --preset bench --out .bench/pair   # ~301.5M params bf16, ~20 s
+    python bench/make_pair.py --preset 1b --out .bench/pair-1b   # ~981M params bf16
     python bench/make_pair.py --preset moe --out .bench/moe       # Mixtral, 8 experts, ~89M
     python bench/make_pair.py --preset moe-dense --out .bench/moe-dense  # Llama, same count
 
@@ -52,6 +53,18 @@ PRESETS: dict[str, dict] = {
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
+        ),
+    },
+    "1b": {  # bench/torchrun_bench.py: 1 process vs 2 torch.distributed ranks
+        "max_shard_size": "250MB",  # ~2 GB of bf16 -> 9 shards per model, dealt by bytes
+        # 18 × 47.2M (attention 12.6M + MLP 34.6M) + 2 × 65.5M (embed_tokens, lm_head) ≈ 981M.
+        "config": dict(
+            vocab_size=32000,
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=18,
+            num_attention_heads=16,
+            num_key_value_heads=8,
         ),
     },
     "bench": {

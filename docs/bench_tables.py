@@ -12,6 +12,8 @@ written from its result file in bench/results alone (no benchmark runs here):
   inputs `rejuv fuse` from a LoRA adapter, a DCP directory and verl FSDP shards, against
          safetensors and against the usual route, convert then fuse (bench/inputs_bench.py,
          `make bench-inputs`)
+  torchrun  `rejuv fuse` on 1 process against 2 torch.distributed ranks, ~1B parameters
+         (bench/torchrun_bench.py, `make bench-torchrun`)
 
 Every block opens with one line naming the commit, the date and the machine the figures were
 measured on (the results' `provenance`, bench/provenance.py), in bold when the tree had
@@ -39,8 +41,9 @@ RESULTS = ROOT / "bench" / "results"
 WIDTH = 95  # as docs/usage.py
 BLOCK = re.compile(r"(<!-- bench: (\S+) -->\n)(.*?)(<!-- /bench -->)", re.S)
 SOURCES = {"fuse": "fuse_bench.json", "sweep": "sweep_bench.json", "moe": "moe_memory.json",
-           "inputs": "inputs_bench.json"}  # fmt: skip
-REGENERATES = {"moe": "make bench-moe", "inputs": "make bench-inputs"}  # else `make bench`
+           "inputs": "inputs_bench.json", "torchrun": "torchrun_bench.json"}  # fmt: skip
+REGENERATES = {"moe": "make bench-moe", "inputs": "make bench-inputs",
+               "torchrun": "make bench-torchrun"}  # else `make bench`  # fmt: skip
 INPUT_ROUTES = {
     "lora": "PEFT `merge_and_unload` + `save_pretrained`",
     "dcp": "torch's `dcp_to_torch_save` + `save_pretrained`",
@@ -340,7 +343,52 @@ def inputs_block(r: dict) -> str:
                          "\n".join(lines), _fill(result)])  # fmt: skip
 
 
-BLOCKS = {"fuse": fuse_block, "sweep": sweep_block, "moe": moe_block, "inputs": inputs_block}
+def torchrun_block(r: dict) -> str:
+    """1 process against 2 ranks: wall time, each rank's time and peak memory, the outputs."""
+    s = r["summary"]
+
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.0f} MiB"
+
+    lines = [
+        "| run | wall time | peak RSS |",
+        "|---|---|---|",
+        f"| 1 process (torch's default threads) | {s['one']['seconds']:g} s | "
+        f"{mib(s['one']['peak_rss_bytes'])} |",
+        f"| 1 process, 1 thread | {s['one_1thread']['seconds']:g} s | "
+        f"{mib(s['one_1thread']['peak_rss_bytes'])} |",
+        f"| {r['world_size']} ranks, 1 thread each | {s['two']['seconds']:g} s | "
+        + ", ".join(f"rank {i}: {mib(k['peak_rss_bytes'])} ({k['seconds']:g} s)"
+                    for i, k in enumerate(s["two"]["ranks"])) + " |",
+    ]  # fmt: skip
+    o = r["outputs"]
+    same = ("every file but rejuv.json and README.md byte-identical"
+            if sorted(o["differ"]) == ["README.md", "rejuv.json"]
+            else f"files that differ: {', '.join(o['differ']) or 'none'}")  # fmt: skip
+    setup = (
+        f"A Llama pair of {r['parameters'] / 1e9:.2f}B parameters ({r['pair']}, bf16, "
+        f"{r['tensor_bytes'] / 1e9:.2f} GB of tensors per model), `rejuv fuse BASE SFT --out "
+        f"OUT --shard-size {r['shard_size']}` ({sum(r['shards_per_rank'])} output shards to deal "
+        "out; otherwise default flags: α 0.5, 1% drift reset), inputs in the page cache, each "
+        f"configuration run {r['repeats']} times in turn (medians). The ranks are started as "
+        "srun starts them (RANK, WORLD_SIZE, MASTER_ADDR, ... set; one thread each, as torchrun "
+        "sets) and reaped one by one, so each rank's own peak RSS and finishing time are known."
+    )
+    t1, t2 = r["timers"]["one"], r["timers"]["two"]
+    result = (
+        f"Speed-up of {r['world_size']} ranks (time of 1 process / time of the ranks): "
+        f"{r['speedup_vs_one']:.2f}× against the default command, "
+        f"{r['speedup_vs_one_1thread']:.2f}× against one process with one thread; shards "
+        f"dealt {' / '.join(map(str, r['shards_per_rank']))}; {same}. "
+        f"rejuv's own timers (last run): scoring {t1['score']:g} s → {t2['score']:g} s, "
+        f"writing {t1['write']:g} s → {t2['write']:g} s."
+    )
+    return "\n\n".join([provenance_line(r, REGENERATES["torchrun"]), _fill(setup),
+                         "\n".join(lines), _fill(result)])  # fmt: skip
+
+
+BLOCKS = {"fuse": fuse_block, "sweep": sweep_block, "moe": moe_block, "inputs": inputs_block,
+          "torchrun": torchrun_block}  # fmt: skip
 
 
 # -- the README ------------------------------------------------------------------------------

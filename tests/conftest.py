@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import rejuv_cli
 from rejuv_cli.cli import app
 from rejuv_cli.testing.synth import make_pair
 
@@ -74,8 +76,59 @@ def llama_copy(llama, tmp_path):
 
 
 def run_cli(*args: str, env: dict | None = None):
-    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
-    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+    """Invoke the CLI in-process; returns the click Result (exit_code, stdout, stderr). Every
+    report the command wrote (diagnose/sweep --json, rejuv.json under --out) is validated
+    against its published JSON Schema first (`check_reports`)."""
+    words = [str(a) for a in args]
+    result = CliRunner().invoke(app, words, env=env)
+    check_reports(words, result.exit_code, result.stdout)
+    return result
+
+
+REPORT_SCHEMAS = {"diagnose": "diagnose", "sweep": "sweep"}  # command -> its --json schema
+
+
+def check_reports(words: list[str], exit_code: int, stdout: str) -> int:
+    """Validate the reports a finished `rejuv` command line wrote; returns how many. A report
+    that does not match its schema fails the test that produced it."""
+    if not words or exit_code not in (0, 3):  # 3: a tripped gate, the report is written
+        return 0
+    command, checked = words[0], 0
+    if command in REPORT_SCHEMAS and "--json" in words:
+        target = words[words.index("--json") + 1]
+        if target == "-":
+            report = json.loads(stdout)
+        elif Path(target).is_file():
+            report = json.loads(Path(target).read_text())
+        else:
+            report = None
+        if report is not None:
+            validate_report(REPORT_SCHEMAS[command], report)
+            checked += 1
+    if command in ("fuse", "sweep") and "--out" in words and "--dry-run" not in words:
+        provenance = Path(words[words.index("--out") + 1]) / "rejuv.json"
+        if provenance.is_file():
+            validate_report("rejuv.json", json.loads(provenance.read_text()))
+            checked += 1
+    return checked
+
+
+@functools.cache
+def _validator(name: str):
+    import jsonschema
+
+    from rejuv_cli.report.json_schemas import schema_file
+
+    text = (Path(rejuv_cli.__file__).parent / "schemas" / schema_file(name)).read_text()
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
+def validate_report(name: str, report: dict) -> None:
+    """Fail with every violation listed when `report` does not match schema `name`."""
+    errors = sorted(_validator(name).iter_errors(report), key=lambda e: list(e.path))
+    assert not errors, f"{name} report does not match its schema:\n" + "\n".join(
+        f"  {'.'.join(map(str, e.path)) or '(top)'}: {e.message[:300]}" for e in errors[:20]
+    )
 
 
 def load_dir(path: Path) -> dict[str, torch.Tensor]:

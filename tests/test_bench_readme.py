@@ -289,14 +289,32 @@ def test_inputs_block_shows_every_route_and_ratio():
     assert "`make bench-inputs` regenerates this" in block
 
 
+def test_torchrun_block_shows_each_rank_and_the_speed_ups():
+    """Every figure of the block from bench/results/torchrun_bench.json, recomputed here."""
+    r = json.loads((ROOT / "bench" / "results" / "torchrun_bench.json").read_text())
+    block = " ".join(bench_tables.torchrun_block(r).split())
+    s = r["summary"]
+    assert r["speedup_vs_one"] == round(s["one"]["seconds"] / s["two"]["seconds"], 2)
+    assert f"{r['speedup_vs_one']:.2f}× against the default command" in block
+    one_thread = round(s["one_1thread"]["seconds"] / s["two"]["seconds"], 2)
+    assert f"{one_thread:.2f}× against one process with one thread" in block
+    for i, rank in enumerate(s["two"]["ranks"]):
+        assert (
+            f"rank {i}: {rank['peak_rss_bytes'] / 2**20:,.0f} MiB ({rank['seconds']:g} s)" in block
+        )
+    assert f"| {s['one']['seconds']:g} s | {s['one']['peak_rss_bytes'] / 2**20:,.0f} MiB |" in block
+    assert r["outputs"]["differ"] == ["README.md", "rejuv.json"]
+    assert "every file but rejuv.json and README.md byte-identical" in block
+    assert "`make bench-torchrun` regenerates this" in block
+
+
 def test_readme_blocks_are_the_recorded_results():
     """The README cannot drift from bench/results/*.json: `make bench` (or `make docs`)
     rewrites the blocks; after a hand edit of a figure, this fails."""
     text = (ROOT / "README.md").read_text()
-    assert sorted(bench_tables.blocks(text)) == ["fuse", "inputs", "moe", "sweep"], (
-        "README.md needs one `<!-- bench: NAME -->` block for each of fuse, inputs, moe and "
-        "sweep, "
-        "each closed by `<!-- /bench -->`"
+    assert sorted(bench_tables.blocks(text)) == sorted(bench_tables.SOURCES), (
+        "README.md needs one `<!-- bench: NAME -->` block for each of "
+        f"{', '.join(sorted(bench_tables.SOURCES))}, each closed by `<!-- /bench -->`"
     )
     assert text == bench_tables.render(text, bench_tables.load()), (
         "README.md's bench blocks differ from bench/results/*.json; run "

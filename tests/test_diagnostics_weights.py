@@ -77,6 +77,7 @@ def test_module_kinds(name, kind):
     assert module_kind(name) == kind
 
 
+@pytest.mark.slow  # 16 s: the report under several PYTHONHASHSEEDs, one process each
 def test_weight_report_is_the_same_under_any_hash_seed():
     """Sets of tensor names iterate in an order that depends on PYTHONHASHSEED; every float
     sum over them must not, or two runs of the same diagnose differ in the last bit."""

@@ -774,8 +774,8 @@ def test_sweep_weights_in_memory_equal_the_loaded_checkpoint_on_device(
     from rejuv_cli.calib.models import load_model
     from rejuv_cli.pipeline import choose_reset, prepare_fuse
     from rejuv_cli.recipe import Recipe
-    from rejuv_cli.sweep.job import SweepJob, fuse_job
-    from rejuv_cli.sweep.weights import WorkingModel
+    from rejuv_cli.sweeping.job import SweepJob, fuse_job
+    from rejuv_cli.sweeping.weights import WorkingModel
 
     base, sft = pairs[family]
     out = tmp_path / "fused"

@@ -281,7 +281,16 @@ def _run_bounded(args: list[str]) -> tuple[int, str, str, float, int]:
                 int(peak.read_text()) * 1024)  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+# The 30 MB, deeply nested and 5000-digit calibration lines take ~4 s each in their bounded
+# subprocess; the recipe and config files' cases of the same kinds stay in make test.
+SLOW_CASES = {"calib-huge-line", "calib-nested-too-deep", "calib-huge-number"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW_CASES else c for c in CASES],
+    ids=[c.id for c in CASES],
+)
 def test_malformed_input_is_one_line(case: Case, tmp_path, pair):
     args = _prepare(case, tmp_path, pair)
     if case.bounded:

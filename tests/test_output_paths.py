@@ -345,6 +345,7 @@ def without_dac(mode: str, *commands: list) -> list[dict]:
     return json.loads(r.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow  # 8 s; the read-only and full-disk refusals stay in make test
 def test_permission_denied_is_one_line_before_and_during_the_write(llama, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -435,6 +436,7 @@ def broken_pipe(*args) -> subprocess.CompletedProcess:
         os.close(write)
 
 
+@pytest.mark.slow  # 16 s of subprocesses; make test keeps the other stdout and write-error checks
 def test_closed_broken_or_full_stdout_is_one_line(llama, tmp_path):
     diag = ("diagnose", *llama, "--weights-only", "--json", "-")
     closed = rejuv_process(*diag, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1))

@@ -34,6 +34,7 @@ SKIPS = [
     (r"^make test\b", "more than a minute: the whole suite, this test included"),
     (r"^PYTHON=python3 make (test|bench)-gpu", "needs a GPU (CUDA)"),
     (r"^srun ", "needs a Slurm cluster"),
+    (r"^docker ", "needs a Docker daemon (and pulls a base image)"),
 ]
 # Examples that take more than a few seconds run in `make test-all` (marker slow), so that
 # `make test` stays within CI's 5 minutes: the diagnose examples (forward passes, 4-11 s each),

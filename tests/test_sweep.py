@@ -13,7 +13,7 @@ import torch
 from conftest import fails, load_dir, read_json, run_cli
 
 from rejuv_cli.diagnostics.output import accuracy_retained
-from rejuv_cli.sweep.recommend import recommend
+from rejuv_cli.sweeping.recommend import recommend
 
 DEMO = Path(__file__).resolve().parents[1] / "bench" / "handoff" / "demo"
 BASE, SFT, CALIB = DEMO / "base", DEMO / "sft", DEMO / "calib.jsonl"
@@ -61,12 +61,12 @@ RESETS = {
 def test_in_memory_weights_equal_what_fuse_writes(llama, tmp_path, flags):
     """The working model at α holds, bit for bit, the values `rejuv fuse --alpha α` writes with
     the same flags (cast exactly to the model's float32, as loading the file would)."""
+    from rejuv_cli.api.sweep import FUSE_SETTINGS as FUSE_FLAGS
     from rejuv_cli.checkpoint.stream import pick_device
-    from rejuv_cli.commands.sweep import FUSE_FLAGS
     from rejuv_cli.pipeline import choose_reset, prepare_fuse
     from rejuv_cli.recipe import Recipe
-    from rejuv_cli.sweep.job import SweepJob, fuse_job
-    from rejuv_cli.sweep.weights import WorkingModel
+    from rejuv_cli.sweeping.job import SweepJob, fuse_job
+    from rejuv_cli.sweeping.weights import WorkingModel
 
     alpha = 0.37
     out = tmp_path / "fused"

@@ -1,9 +1,11 @@
-"""`rejuv fuse` under torchrun (#20, part 1): 2 processes with the gloo backend on CPU.
+"""rejuv under torchrun (#20): 2 processes with the gloo backend on CPU.
 
 Each run is launched by torch's own launcher (`python -m torch.distributed.run`, what the
-`torchrun` script runs) on the shared llama fixture, with small shards so that both ranks write
-some. The outputs must be byte-identical to one process's: shards, index, config, tokenizer;
-rejuv.json differs only by its `ranks` record, timings and the --out path.
+`torchrun` script runs) on the shared fixtures. `rejuv fuse` writes with small shards so that
+both ranks write some: the outputs must be byte-identical to one process's (shards, index,
+config, tokenizer; rejuv.json differs only by its `ranks` record, timings and the --out path),
+whichever scorer chose the units. `diagnose` and `sweep` split the calibration batches between
+the ranks (an odd number, so the shares differ) and must report what one process reports.
 """
 
 from __future__ import annotations
@@ -44,9 +46,15 @@ def test_split_by_bytes_balances_and_keeps_order():
 
 @pytest.mark.parametrize(
     "flags",
-    [(), pytest.param(("--reset", "0"), marks=pytest.mark.slow)],
-    ids=["default-reset", "fusion"],
-)  # fusion alone: the same write path
+    [
+        (),
+        pytest.param(("--reset", "0"), marks=pytest.mark.slow),  # fusion alone: the same path
+        ("--select", "dormant"),  # a data scorer: batches split, activity sums all-reduced
+        pytest.param(("--select", "saturated"), marks=pytest.mark.slow),
+        pytest.param(("--select", "attribution"), marks=pytest.mark.slow),  # max-reduced
+    ],
+    ids=["default-reset", "fusion", "dormant", "saturated", "attribution"],
+)
 def test_two_ranks_write_what_one_process_writes(llama, tmp_path, flags):
     base, sft = llama
     one, two = tmp_path / "one", tmp_path / "two"
@@ -102,13 +110,60 @@ def test_a_rank_that_fails_leaves_nothing(llama, tmp_path):
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.slow  # two processes that stop at once: 8 s of imports for one message
-def test_data_scorers_are_refused_under_torchrun(llama, tmp_path):
-    base, sft = llama
-    r = torchrun("fuse", base, sft, "--out", tmp_path / "o", "--select", "dormant")
-    assert r.returncode != 0
-    assert "--select dormant under torchrun" in r.stderr and "--mask" in r.stderr
-    assert not (tmp_path / "o").exists()
+def differences(a, b, path: str = "", rel: float = 1e-9) -> list[str]:
+    """Paths where two JSON reports differ: floats beyond `rel`, anything else at all."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in differences(a.get(k), b.get(k), f"{path}.{k}", rel)]  # fmt: skip
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in differences(x, y, f"{path}[{i}]", rel)]  # fmt: skip
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if abs(a - b) <= rel * max(1.0, abs(a)) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+DIAGNOSE = ("--batch-tokens", "1024", "--sharpness-draws", "1")  # 7 batches: 4 and 3 per rank
+
+
+@pytest.mark.slow  # 15 s each; make test keeps the data scorer's launch (the same reductions)
+@pytest.mark.parametrize("family", ["mixtral", "llama"])  # mixtral: routing counts reduced too
+def test_diagnose_on_two_ranks_reports_what_one_process_does(pairs, tmp_path, family):
+    base, sft = pairs[family]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    r = run_cli("diagnose", base, sft, *DIAGNOSE, "--json", one, "-q")
+    assert r.exit_code == 0, r.output
+    r = torchrun("diagnose", base, sft, *DIAGNOSE, "--json", two, "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["inputs"]["batches"] == 7
+    assert a["units"]["layers"] and (family != "mixtral" or a["routing"]["layers"])
+    # Weight statistics are not split (every rank streams them), but torchrun's one thread per
+    # process changes their last bits; the forward passes' reductions change only the order of
+    # float64 sums.
+    assert [d for d in differences(a, b, rel=1e-6) if not d.startswith(".seconds")] == []
+    assert [d for d in differences(a, b) if not d.startswith((".seconds", ".weights."))] == []
+    assert a["output"]["tokens"] == b["output"]["tokens"] > 0
+
+
+@pytest.mark.slow  # the same reductions as diagnose, and the --out write path of fuse
+def test_sweep_on_two_ranks_reports_and_writes_what_one_process_does(tmp_path):
+    from test_sweep import BASE, CALIB, SFT
+
+    flags = ("--calib", CALIB, "--samples", "32", "--batch-tokens", "256", "--alphas", "0.5,0.9",
+             "--select", "dormant")  # fmt: skip
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    r = run_cli("sweep", BASE, SFT, *flags, "--json", one, "--out", tmp_path / "a", "-q")
+    assert r.exit_code == 0, r.output
+    r = torchrun("sweep", BASE, SFT, *flags, "--json", two, "--out", tmp_path / "b", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["recommendation"]["alpha"] is not None
+    for report in (a, b):  # the --out paths differ, everything else must not
+        report["out"] = dict(report["out"], path=None, command=None)
+        report["recommendation"]["fuse_command"] = report["command"] = None
+    assert [d for d in differences(a, b) if "seconds" not in d] == []
+    assert same_files(tmp_path / "a", tmp_path / "b") == ["README.md", "rejuv.json"]
 
 
 def test_rank_0_checks_that_every_shard_arrived(llama, tmp_path):

@@ -17,6 +17,7 @@ from rejuv_cli.commands.fuse import HELP as FUSE_HELP
 from rejuv_cli.commands.fuse import fuse_command
 from rejuv_cli.commands.inspect import inspect_command
 from rejuv_cli.commands.recipes import recipes_command, validate_command
+from rejuv_cli.commands.schema import schema_command
 from rejuv_cli.commands.sweep import HELP as SWEEP_HELP
 from rejuv_cli.commands.sweep import sweep_command
 from rejuv_cli.errors import RejuvError
@@ -83,18 +84,35 @@ app.command("sweep", help=SWEEP_HELP, epilog=EXIT_CODES_HELP, no_args_is_help=Tr
 app.command("inspect", no_args_is_help=True)(inspect_command)
 app.command("recipes")(recipes_command)
 app.command("validate", no_args_is_help=True)(validate_command)
+app.command("schema", no_args_is_help=True)(schema_command)
 
 
 def _version(value: bool) -> None:
-    if value:
-        print(f"rejuv {__version__}")
-        raise typer.Exit()
+    """`rejuv --version`: a `NAME VERSION` line for rejuv, then for torch and transformers,
+    whose versions change what rejuv reads and computes, so a bug report needs them too."""
+    if not value:
+        return
+    # Installed metadata, not `import torch`: the import takes seconds, --version is instant.
+    from importlib import metadata
+
+    print(f"rejuv {__version__}")
+    for name in ("torch", "transformers"):
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "not installed"
+        print(f"{name} {installed}")
+    raise typer.Exit()
 
 
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the versions of rejuv, torch and transformers, and exit.",
     ),
 ) -> None:
     pass

@@ -72,6 +72,46 @@ def mine(sizes: dict[Hashable, int]) -> list[Hashable]:
     return split_by_bytes(sizes, r.world)[r.rank] if r.active else list(sizes)
 
 
+def share(n: int) -> range:
+    """This rank's contiguous block of `n` items (calibration batches, prompts), the first
+    n % world ranks holding one more; all of range(n) in a single process. The blocks
+    gathered in rank order give back the data order."""
+    r = current()
+    size, extra = divmod(n, r.world)
+    start = r.rank * size + min(r.rank, extra)
+    return range(start, start + size + (r.rank < extra))
+
+
+def all_reduce_(tensors: list, op: str = "sum") -> None:
+    """Replace each tensor, in place, by its elementwise sum (op "sum") or maximum ("max")
+    over the ranks. Every rank passes tensors of the same shapes in the same order; they are
+    packed into one float64 buffer (integer counts stay exact below 2**53), on the current
+    GPU under NCCL, on the CPU under gloo. The identity in a single process."""
+    if not current().active or not tensors:
+        return
+    import torch
+    import torch.distributed as td
+
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if td.get_backend() == "nccl" else torch.device("cpu")  # fmt: skip
+    flat = torch.cat([t.detach().reshape(-1).to(device, torch.float64) for t in tensors])
+    reduce_op = {"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX}[op]
+    _interruptible(td.all_reduce, flat, op=reduce_op)
+    at = 0
+    for t in tensors:
+        t.copy_(flat[at : at + t.numel()].reshape(t.shape).to(t.dtype))
+        at += t.numel()
+
+
+def unwinding() -> bool:
+    """Whether an exception is propagating through the caller (it is in a `finally` block on
+    the way out). No collective may start then: the other ranks are not at the same point,
+    and the rank would wait for them instead of failing."""
+    import sys
+
+    return sys.exc_info()[0] is not None
+
+
 def all_gather(obj) -> list:
     """Every rank's `obj` (picklable), in rank order; [obj] in a single process."""
     if not current().active:

@@ -59,8 +59,18 @@ class Prepared:
 
     @property
     def score_bytes(self) -> int:
-        """BASE bytes the scoring pass reads (it reads as many from SFT); for progress bars."""
-        return sum(self.base.tensors[n].nbytes for n in self.layout.tensor_axes())
+        """BASE bytes this process's scoring pass reads (it reads as many from SFT); for
+        progress bars. Under torchrun, the rank's share (reset/norms.stream_norms's split)."""
+        sizes = {n: self.base.tensors[n].nbytes for n in self.layout.tensor_axes()}
+        return sum(sizes[n] for n in dist.mine(sizes))
+
+    @property
+    def write_bytes(self) -> int:
+        """Tensor bytes this process writes: all of plan.out_bytes, or under torchrun the
+        rank's shards (executor.write_shards's split); for progress bars."""
+        shards = {s.filename: s for s in self.plan.shards}
+        mine = dist.mine({name: s.file_bytes for name, s in shards.items()})
+        return sum(shards[name].data_bytes for name in mine)
 
     def close(self) -> None:
         for source in (self.base, self.sft):
@@ -193,7 +203,9 @@ def select_reset(p: Prepared, device, on_bytes: Callable[[int], None] | None = N
             # the data's field names, where they are not the format's own
             inputs |= {k: v for k, v in Fields.of(settings).params().items()
                        if v != CALIB_PARAMS[k]}  # fmt: skip
-        mask = select_mask(layout, scores, settings, inputs)
+        # Every rank holds the same reduced scores; rank 0's selection is still broadcast, so
+        # that no last-bit difference between ranks' arithmetic can make their masks differ.
+        mask = dist.broadcast(select_mask(layout, scores, settings, inputs))
         mask.info = {k: v for k, v in scores.info.items() if k != "warnings"}
         p.plan.warnings.extend(scores.info.get("warnings", []))
     if p.job.mask_out is not None and dist.current().main:
@@ -369,7 +381,10 @@ def run_fuse(
 
 def provenance(p: Prepared, summary: dict) -> dict:
     """rejuv.json: enough to audit and reproduce the run."""
+    from rejuv_cli.report.json_schemas import VERSIONS
+
     return {
+        "schema_version": VERSIONS["rejuv.json"],  # its JSON Schema: rejuv schema rejuv.json
         "rejuv_version": __version__,
         "command": p.job.command,
         "inputs": {"base": summary["base"], "sft": summary["sft"]},

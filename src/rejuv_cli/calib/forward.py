@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rejuv_cli import dist
 from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.calib.fields import Fields
 from rejuv_cli.calib.models import load_tokenizer
@@ -157,14 +158,35 @@ class ActivityRecorder:
         return hook
 
     def close(self) -> None:
-        """Remove the hooks; sites whose rows could not be matched to tokens become missing."""
+        """Remove the hooks; sites whose rows could not be matched to tokens become missing.
+
+        Under torchrun each rank has run its share of the batches (`Calibration.mine`): the
+        sums are all-reduced here, so every rank holds the statistics of all the data (and a
+        site missing on any rank is missing on all)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        merge = dist.current().active and not dist.unwinding()
+        if merge:
+            self._unplaced |= set().union(*dist.all_gather(sorted(self._unplaced)))
         for key in sorted(self._unplaced):
             self.stats.pop(key, None)
             self.missing.append(key)
         self._unplaced.clear()
+        if merge:
+            reduce_activity(self.stats)
+
+
+def reduce_activity(stats: dict[str, ActivityStats]) -> None:
+    """In place: each site's sums and token count summed over the torchrun ranks (every rank
+    holds the same site keys). The identity in a single process."""
+    if not dist.current().active:
+        return
+    keys = sorted(stats)
+    tokens = torch.tensor([float(stats[k].tokens) for k in keys], dtype=torch.float64)
+    dist.all_reduce_([tokens, *(t for k in keys for t in (stats[k].sum_abs, stats[k].sum_sq))])
+    for k, n in zip(keys, tokens.tolist(), strict=True):
+        stats[k].tokens = int(n)
 
 
 def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int | None = None):
@@ -187,7 +209,8 @@ def response_logits(model, batch: Batch, device: torch.device, vocab_limit: int 
 
 def mean_nll(model, batches: list[Batch], device: torch.device, vocab_limit: int | None = None,
              on_batch: Callable[[], None] | None = None) -> float:  # fmt: skip
-    """Mean −log p(target) over all response tokens of `batches` (float64 accumulation)."""
+    """Mean −log p(target) over all response tokens of `batches` (float64 accumulation).
+    Under torchrun `batches` is this rank's share and the mean is over every rank's."""
     total, count = 0.0, 0
     with torch.inference_mode():
         for batch in batches:
@@ -197,6 +220,9 @@ def mean_nll(model, batches: list[Batch], device: torch.device, vocab_limit: int
             count += targets.numel()
             if on_batch is not None:
                 on_batch()
+    sums = torch.tensor([total, float(count)], dtype=torch.float64)
+    dist.all_reduce_([sums])
+    total, count = sums.tolist()
     return total / max(count, 1)
 
 
@@ -221,6 +247,16 @@ class Calibration:
     batch_tokens: int
     warnings: list[str]
     unk_share: float | None = None  # share of tokens that are the unknown token (encode.py)
+
+    def mine(self) -> list[Batch]:
+        """This torchrun rank's share of the batches (`rank_share`)."""
+        return rank_share(self.batches)
+
+
+def rank_share(batches: list[Batch]) -> list[Batch]:
+    """This torchrun rank's contiguous share of `batches` (all of them in a single process);
+    the passes over them reduce their statistics across ranks."""
+    return [batches[i] for i in dist.share(len(batches))]
 
 
 def prepare_calibration(
@@ -262,7 +298,8 @@ def prepare_calibration(
 def record_activity(
     model, calib: Calibration, sites: list[Site], device, on_batch: Callable[[], None] | None = None
 ) -> ActivityRecorder:
-    """One forward pass over the calibration batches with activity hooks (no logits kept)."""
+    """One forward pass over the calibration batches (this rank's share under torchrun) with
+    activity hooks (no logits kept)."""
     import inspect
 
     recorder = ActivityRecorder(model, sites, device)
@@ -273,7 +310,7 @@ def record_activity(
         skip_logits = {"logits_to_keep": 1}
     try:
         with torch.inference_mode():
-            for ids, attn, _ in calib.batches:
+            for ids, attn, _ in rank_share(calib.batches):
                 recorder.token_mask = attn.to(device).bool()
                 model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False,
                       **skip_logits)  # fmt: skip

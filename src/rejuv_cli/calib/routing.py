@@ -174,12 +174,35 @@ class RoutingRecorder:
 
     def close(self) -> RoutingRecord:
         """Remove the hooks; returns the layers measured (at least one real token counted,
-        and their router always read)."""
+        and their router always read). Under torchrun, where each rank saw its share of the
+        batches, the counts are summed over the ranks first and a layer one rank could not
+        read is left out on all."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._merge_ranks()
         measured = {i: r for i, r in self.layers.items() if r.tokens > 0 and i not in self._failed}
         return RoutingRecord(measured, list(self.problems), self._found, self.where)
+
+    def _merge_ranks(self) -> None:
+        from rejuv_cli import dist
+
+        if not dist.current().active or dist.unwinding():
+            return
+        mine = {i: (r.top_k, None if r.counts is None else r.counts.cpu(),
+                    None if r.entropy_sum is None else float(r.entropy_sum), r.tokens)
+                for i, r in self.layers.items()}  # fmt: skip
+        everyone = dist.all_gather((mine, sorted(self._failed), self.problems))
+        self.problems = list(dict.fromkeys(p for _, _, probs in everyone for p in probs))
+        self._failed = {i for _, failed, _ in everyone for i in failed}
+        for i, rec in self.layers.items():
+            parts = [part[i] for part, _, _ in everyone if part[i][1] is not None]
+            if not parts:
+                continue
+            rec.top_k = parts[0][0]
+            rec.counts = torch.stack([c for _, c, _, _ in parts]).sum(0)  # [E] int64
+            rec.entropy_sum = torch.tensor(sum(e for _, _, e, _ in parts), dtype=torch.float64)
+            rec.tokens = sum(n for _, _, _, n in parts)
 
 
 def _logits_and_choice(output, k: int | None):

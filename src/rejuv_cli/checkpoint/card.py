@@ -78,13 +78,7 @@ def _ranks_line(ranks: dict | None) -> str:
 
 
 def model_card(provenance: dict) -> str:
-    inputs, counts = provenance["inputs"], provenance["counts"]
-    front = _front_matter(inputs)
-    recipe_yaml = yaml.safe_dump(provenance["recipe"], sort_keys=False).rstrip()
-    rows = "\n".join(
-        f"| {role.upper()} | `{m['spec']}` | {_form(m)} | {_revision(m)} |"
-        for role, m in inputs.items()
-    )
+    front = _front_matter(provenance["inputs"])
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).rstrip()}
 ---
@@ -96,7 +90,21 @@ restore plasticity before reinforcement learning (GRPO, PPO, ...). Method: "Reju
 {PAPER} ([paper]({PAPER_URL})). How rejuv implements it, each choice marked as the paper's or
 rejuv's own, is described in docs/method.md of rejuv {__version__}.
 
-## What was done
+{card_sections(provenance)}"""
+
+
+def card_sections(provenance: dict, heading: str = "##") -> str:
+    """The card's account of the run, from "What was done" to the end: the fusion, the reset,
+    the inputs with their revisions or digests, the recipe and command, the result. `heading`
+    is the level of its section heads; `rejuv fuse --markdown` writes these sections under a
+    heading of its own (one level down)."""
+    inputs, counts = provenance["inputs"], provenance["counts"]
+    recipe_yaml = yaml.safe_dump(provenance["recipe"], sort_keys=False).rstrip()
+    rows = "\n".join(
+        f"| {role.upper()} | `{m['spec']}` | {_form(m)} | {_revision(m)} |"
+        for role, m in inputs.items()
+    )
+    return f"""{heading} What was done
 
 **Base-anchored fusion** (paper): every floating-point tensor was set to
 `θ = θ_base + α·(θ_sft − θ_base)`, computed in float32 and rounded once to the output dtype.
@@ -110,13 +118,13 @@ embedding rows for tokens added during SFT kept their SFT values.
 Config, tokenizer, chat template and generation config are the SFT checkpoint's, so RL samples
 in the SFT model's format.
 
-## Inputs
+{heading} Inputs
 
 | role | model | read as | revision or content digest |
 |---|---|---|---|
 {rows}
 {_local_note(inputs)}
-## Recipe
+{heading} Recipe
 
 ```yaml
 {recipe_yaml}
@@ -128,14 +136,14 @@ Command:
 {provenance["command"]}
 ```
 
-## Result
+{heading} Result
 
 {counts["tensors"]} tensors: {counts["fused"]} fused, {counts["from_sft"]} SFT's (α = 1),
 {counts["from_base"]} BASE's (α = 0), {counts["copied"]} copied whole from SFT (of them
 {counts["sft_only"]} only in SFT); {counts["reset"]} of the {counts["tensors"]} hold reset units;
 {counts["base_only_dropped"]} only in BASE (left out); {counts["shards"]} shard(s).
 {_ranks_line(provenance.get("ranks"))}Full provenance: `rejuv.json`.
-{_sweep_section(provenance.get("sweep"))}"""
+{_sweep_section(provenance.get("sweep"), heading)}"""
 
 
 def _reset_section(r: dict | None, fraction: float) -> str:
@@ -180,7 +188,7 @@ SWEEP_COLUMNS = (("entropy_mean", "entropy"), ("kl_mean", "KL to BASE"), ("nll_m
                  ("pass_at_k", "pass@k"), ("learnable_share", "learnable share"))  # fmt: skip
 
 
-def _sweep_section(sweep: dict | None) -> str:
+def _sweep_section(sweep: dict | None, heading: str) -> str:
     """The `rejuv sweep` table this checkpoint was chosen from (--out), or nothing."""
     if not sweep:
         return ""
@@ -200,7 +208,7 @@ def _sweep_section(sweep: dict | None) -> str:
         lines.append(f"| {label}{mark} | " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |")
     table = "\n".join(lines)
     return f"""
-## How α was chosen
+{heading} How α was chosen
 
 `rejuv sweep` measured each α on the calibration data and recommended this one (a heuristic,
 not yet tested against RL outcomes): {rec["reason"]}

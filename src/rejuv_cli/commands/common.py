@@ -34,43 +34,6 @@ OutOption = Annotated[
 ]
 
 
-def check_calib(settings) -> None:
-    """Parse the calibration data now, so malformed data is one line before any model is read
-    (the forward code parses it again later; that costs milliseconds). `settings` holds calib,
-    samples and the field names (ResetSettings, or a command's values as a dict). A table is
-    read as far as `samples` rows; a Hub dataset is downloaded here."""
-    from rejuv_cli.calib.data import load_examples
-    from rejuv_cli.calib.fields import Fields
-
-    get = settings.get if isinstance(settings, dict) else settings.__getattribute__
-    load_examples(get("calib"), get("samples"), Fields.of(settings))
-
-
-def check_checkable(settings) -> None:
-    """--generate needs examples with a reference answer; refused before any model is read.
-    `settings` as for `check_calib`."""
-    from rejuv_cli.calib.data import load_examples
-    from rejuv_cli.calib.fields import Fields
-    from rejuv_cli.errors import UsageError
-
-    get = settings.get if isinstance(settings, dict) else settings.__getattribute__
-    calib = get("calib")
-    examples = load_examples(calib, get("samples"), Fields.of(settings))
-    if not any(e.answer is not None for e in examples):
-        raise UsageError(
-            f"--generate: none of the {len(examples)} examples of {calib} has a reference answer "
-            'to check; add an "answer" field to each line (or end each response with a line '
-            "'Answer: X'), or use builtin:math, or drop --generate"
-        )
-
-
-def parse_max_memory(text: str | None) -> int | None:
-    """--max-memory in bytes (None: not given); its setting's validator already checked it."""
-    from rejuv_cli.checkpoint.writer import parse_size
-
-    return None if text is None else parse_size(text)
-
-
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error (one line on stderr; REJUV_DEBUG=1 shows the traceback), "
     "2 usage error, 3 a --fail-on gate tripped, 130 interrupted."
@@ -205,6 +168,23 @@ def _stdout_to_devnull() -> None:
 
 
 @contextmanager
+def torchrun_ranks(device: str):
+    """Under torchrun (WORLD_SIZE > 1): join the process group for the command's work, one
+    rank per process (on CUDA each rank uses the GPU LOCAL_RANK names), and leave it together
+    when the work succeeded; a failing rank just exits and torchrun stops the others.
+    Without torchrun: rank 0 of 1, nothing joined."""
+    from rejuv_cli import dist
+    from rejuv_cli.checkpoint.stream import pick_device
+
+    ranks = dist.init_from_env(pick_device(device).type)
+    try:
+        yield ranks
+    finally:
+        if not dist.unwinding():
+            dist.shutdown()
+
+
+@contextmanager
 def progress_bars(console, show: bool):
     """Yields add(label, total, unit="bytes") -> advance(n) callback; bars on a terminal only.
 
@@ -216,10 +196,15 @@ def progress_bars(console, show: bool):
     from rich.filesize import decimal
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from rejuv_cli import dist
+
+    ranks = dist.current()
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:  # fmt: skip
 
         def add(label: str, total: int, unit: str = "bytes"):
+            if ranks.active:  # rank 0 shows its own work: its share where the work is split
+                label = f"{label} (rank 0 of {ranks.world})"
             task = progress.add_task(label, total=total, n="")
 
             def advance(n: int) -> None:

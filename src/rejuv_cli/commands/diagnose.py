@@ -10,19 +10,15 @@ import typer
 
 from rejuv_cli.commands.common import (
     QuietFlag,
-    check_calib,
-    check_checkable,
     check_writable,
     guarded,
-    parse_max_memory,
     progress_bars,
     report_outputs,
     stderr_console,
+    torchrun_ranks,
     write_report,
 )
 from rejuv_cli.commands.options import with_settings
-from rejuv_cli.errors import UsageError
-from rejuv_cli.jsonio import json_safe
 
 HELP = """Measure how rigid an SFT checkpoint is before RL, and what a fuse changed.
 
@@ -35,7 +31,10 @@ is a heuristic with the reasons that fired; thresholds are in the README. Every 
 with a next step: for watch and rigid a `rejuv sweep` line; for ok, RL with SFT as it is, and
 this diagnose as a CI gate (--fail-on verdict.label==rigid).
 
-The report goes to stderr; --json and --html write it for machines and people. Shares are
+The report goes to stderr; --json and --html write it for machines and people, and for CI
+--markdown a short summary (a GitHub step summary or merge-request comment) and --junit each
+gate and verdict rule as a JUnit test case (failed: tripped or fired; skipped: not measured),
+also when a gate trips. Shares are
 shown as percentages (JSON and --fail-on keep the fraction: 59.1% is 0.591); entropy, NLL, KL
 and sharpness are in nats; the terms a table uses are defined under it.
 
@@ -51,6 +50,9 @@ Examples:
 
   rejuv diagnose ./base ./sft --calib data.jsonl --json report.json \\
       --fail-on "output.entropy_mean<0.18" --fail-on "verdict.label==rigid"
+
+  rejuv diagnose ./base ./sft --fail-on "verdict.label==rigid" \\
+      --markdown "$GITHUB_STEP_SUMMARY" --junit rejuv-junit.xml
 """
 
 
@@ -92,6 +94,14 @@ def diagnose_command(
     html_out: Annotated[Path | None, _opt(
         "--html", metavar="FILE", show_default=False, dir_okay=False,
         help="Write a self-contained HTML report with plots.")] = None,
+    markdown_out: Annotated[Path | None, _opt(
+        "--markdown", metavar="FILE", show_default=False, dir_okay=False,
+        help="Write a short GitHub-flavoured markdown summary for CI: verdict, reasons, "
+        "before/after, gates, next step (e.g. to $GITHUB_STEP_SUMMARY).")] = None,
+    junit_out: Annotated[Path | None, _opt(
+        "--junit", metavar="FILE", show_default=False, dir_okay=False,
+        help="Write every --fail-on gate and verdict rule as a JUnit XML test case, for CI "
+        "test reports.")] = None,
     fail_on: Annotated[list[str] | None, _opt(
         "--fail-on", metavar="EXPR", show_default=False,
         help='Exit 3 when EXPR holds, e.g. "output.entropy_mean<0.18" (repeatable; grammar in '
@@ -99,80 +109,49 @@ def diagnose_command(
     quiet: QuietFlag = False,
     **values,
 ) -> None:  # fmt: skip
-    from rejuv_cli.diagnostics.run import DiagnoseJob, run_diagnose
-    from rejuv_cli.report.gates import describe, evaluate, parse_gate
+    from rejuv_cli.api.diagnose import GateError, diagnose
+    from rejuv_cli.report.ci import ci_outputs, write_diagnose_ci
+    from rejuv_cli.report.gates import describe
 
-    calib, max_memory, sharpness_draws = (values[k] for k in ("calib", "max_memory",
-                                                              "sharpness_draws"))  # fmt: skip
-    gates = [parse_gate(text) for text in fail_on or []]
-    memory = parse_max_memory(max_memory)
-    if memory is not None and weights_only:
-        raise UsageError("--max-memory: --weights-only runs no forward passes (it streams)")
-    _check_gates(gates, weights_only, candidate, rank, sharpness_draws, generate)
     check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
     check_writable(html_out, "--html")
-    if generate and weights_only:
-        raise UsageError("--generate: --weights-only runs no model; drop one of them")
-    if not weights_only:
-        check_calib(values)
-    if generate:
-        check_checkable(values)
-    outputs = report_outputs(json_out, html_out)
-    _check_outputs(base, sft, candidate, calib, outputs)
+    check_writable(markdown_out, "--markdown")
+    check_writable(junit_out, "--junit")
+    outputs = report_outputs(json_out, html_out) + ci_outputs(markdown_out, junit_out)
     console = stderr_console(quiet)
-    job = DiagnoseJob(base, sft, candidate, weights_only=weights_only, rank=rank, generate=generate,
-                      max_memory=memory, outputs=outputs,
-                      **{k: values[k] for k in DIAGNOSE_SETTINGS if k != "max_memory"})  # fmt: skip
-    show = not quiet and sys.stderr.isatty()
-    with progress_bars(console, show) as progress:
-        report = run_diagnose(job, progress)
-
-    report = json_safe(report)
-    try:
-        results = evaluate(gates, report) if gates else []
-    except UsageError:
-        write_report(report, json_out, html_out, _html)  # the measurements are still worth keeping
-        raise
-    report["gates"] = [{"gate": r.gate.text, "actual": r.actual, "tripped": r.tripped}
-                       for r in results]  # fmt: skip
+    with torchrun_ranks(values["device"]) as ranks:  # under torchrun: the batches split by rank
+        show = not quiet and sys.stderr.isatty() and ranks.main
+        try:
+            with progress_bars(console, show) as progress:
+                result = diagnose(base, sft, candidate=candidate, weights_only=weights_only,
+                                  rank=rank, generate=generate, fail_on=fail_on or [],
+                                  outputs=outputs, progress=progress, **values)  # fmt: skip
+        except GateError as e:  # the measurements are still worth keeping
+            if ranks.main:
+                write_report(e.report, json_out, html_out, _html)
+                write_diagnose_ci(e.report, e.gates, e.rules, markdown_out, junit_out)
+            raise
+    if not ranks.main:  # every rank holds the same report; rank 0 writes and judges it
+        return
+    report = result.report
     write_report(report, json_out, html_out, _html)
+    write_diagnose_ci(report, [r.gate for r in result.gates], result.rules, markdown_out,
+                      junit_out)  # fmt: skip
     from rejuv_cli.report.console import render_warnings
     from rejuv_cli.report.diagnose_console import render_diagnose
 
     render_warnings(console, report["warnings"])  # and the report: stderr, whatever --json does
     render_diagnose(console, report)
     err = stderr_console(False)  # gate results show even under --quiet: they decide the exit
-    for r in results:
+    for r in result.gates:
         err.print(f"rejuv: {describe(r)}")
-    tripped = [r for r in results if r.tripped]
-    if tripped:
-        err.print(f"rejuv: {len(tripped)} of {len(results)} --fail-on gate(s) tripped; exit 3")
+    if result.tripped:
+        err.print(f"rejuv: {len(result.tripped)} of {len(result.gates)} --fail-on gate(s) "
+                  "tripped; exit 3")  # fmt: skip
         raise typer.Exit(3)
 
 
 diagnose_command = guarded(diagnose_command)
-
-
-def _check_gates(gates, weights_only: bool, candidate: str | None, rank: bool,
-                 sharpness_draws: int, generate: bool) -> None:  # fmt: skip
-    """Refuse, before any work, gates that this run cannot evaluate: a path that is not in the
-    report's structure, a section these flags leave out, a value of the wrong kind."""
-    from rejuv_cli.report.schema import RunFlags, check_gate
-
-    flags = RunFlags(weights_only=weights_only, candidate=candidate is not None, rank=rank,
-                     sharpness=sharpness_draws > 0, generate=generate)  # fmt: skip
-    for g in gates:
-        check_gate(g, flags)
-
-
-def _check_outputs(base, sft, candidate, calib: str, outputs: tuple) -> None:
-    """No report file may overwrite, or sit inside, an input or the other report; checked
-    again by run_diagnose once Hub ids are resolved."""
-    from rejuv_cli.checkpoint.preflight import check_outputs
-
-    calib_file = None if calib.startswith("builtin:") else calib
-    check_outputs({"BASE": base, "SFT": sft, "CANDIDATE": candidate, "--calib": calib_file},
-                  outputs)  # fmt: skip
 
 
 def _html(report: dict) -> str:

@@ -8,21 +8,18 @@ from typing import Annotated
 
 import typer
 
+from rejuv_cli.api.sweep import FUSE_SETTINGS
 from rejuv_cli.commands.common import (
     QuietFlag,
-    check_calib,
-    check_checkable,
     check_writable,
     guarded,
-    parse_max_memory,
     progress_bars,
     report_outputs,
     stderr_console,
+    torchrun_ranks,
     write_report,
 )
 from rejuv_cli.commands.options import with_settings
-from rejuv_cli.errors import UsageError
-from rejuv_cli.settings import SETTINGS
 
 HELP = """Choose α from evidence: fuse at each α in memory (with the same reset as
 `rejuv fuse`), measure each candidate on the calibration data, and recommend one.
@@ -54,14 +51,12 @@ Examples:
   rejuv sweep ./base ./sft --alphas 0.3,0.5,0.7,1 --calib builtin:math --generate
 
   rejuv sweep ./base ./sft --json sweep.json --html sweep.html --out ./rejuvenated
+
+  rejuv sweep ./base ./sft --markdown "$GITHUB_STEP_SUMMARY"
 """
 
-# The fuse settings a sweep takes (its α comes from --alphas), then its own.
-FUSE_FLAGS = ("recipe", "dtype", "shard_size", "fraction", "select", "calib", "samples",
-              "max_tokens", "prompt_field", "response_field", "answer_field", "messages_field",
-              "modules", "max_per_module", "protect", "mode", "omega", "noise", "seed", "mask",
-              "device", "max_memory", "config_from")  # fmt: skip
-SWEEP_SETTINGS = ("alphas", *FUSE_FLAGS, "batch_tokens", "min_skill", "group_size",
+# The fuse settings a sweep passes on to each candidate (its α comes from --alphas), then its own.
+SWEEP_SETTINGS = ("alphas", *FUSE_SETTINGS, "batch_tokens", "min_skill", "group_size",
                   "max_new_tokens", "checker")  # fmt: skip
 
 
@@ -89,55 +84,31 @@ def sweep_command(
     html_out: Annotated[Path | None, _opt(
         "--html", metavar="FILE", dir_okay=False,
         help="Write a self-contained HTML page with the trade-off plotted.")] = None,
+    markdown_out: Annotated[Path | None, _opt(
+        "--markdown", metavar="FILE", dir_okay=False,
+        help="Write a short GitHub-flavoured markdown summary for CI: the table, the "
+        "recommendation and its fuse command (e.g. to $GITHUB_STEP_SUMMARY).")] = None,
     quiet: QuietFlag = False,
     **values,
 ) -> None:  # fmt: skip
-    from rejuv_cli.recipe import Recipe, find_recipe, load_recipe
-    from rejuv_cli.reset.registry import check_scorer_modules
-    from rejuv_cli.settings import command_line
-    from rejuv_cli.sweep.job import SweepJob
-    from rejuv_cli.sweep.run import run_sweep
+    from rejuv_cli.api.sweep import sweep
+    from rejuv_cli.report.ci import ci_outputs, write_sweep_markdown
 
-    v = values
-    alphas = SETTINGS["alphas"].parse_flag(v["alphas"])
-    loaded = load_recipe(find_recipe(v["recipe"])) if v["recipe"] else Recipe(source=None)
-    recipe = loaded.with_flags(v)
-    if v["mask"] is not None:
-        clash = [SETTINGS[k].flag for k in ("fraction", "select", "modules", "max_per_module",
-                 "protect") if v[k] is not None]  # fmt: skip
-        if clash:
-            raise UsageError(f"--mask fixes which units are reset; drop {', '.join(clash)}")
-    elif recipe.reset.fraction > 0:
-        check_scorer_modules(recipe.reset.select, recipe.reset.modules)
-    check_calib(recipe.reset)
-    if generate:
-        check_checkable(recipe.reset)
-    if overwrite and out is None:
-        raise UsageError("--overwrite: there is no --out to replace")
     check_writable(None if json_out in (None, "-") else Path(json_out), "--json")
     check_writable(html_out, "--html")
-    outputs = report_outputs(json_out, html_out)
-    _check_sweep_outputs(base, sft, recipe, outputs, out, overwrite)
-    words = ["rejuv", "sweep", base, sft]
-    job = SweepJob(
-        base, sft, recipe, alphas,
-        fuse_values={k: v[k] for k in FUSE_FLAGS},
-        device=v["device"], batch_tokens=v["batch_tokens"],
-        max_memory=parse_max_memory(v["max_memory"]), min_skill=v["min_skill"],
-        generate=generate, group_size=v["group_size"], max_new_tokens=v["max_new_tokens"],
-        checker=v["checker"],
-        mask_in=v["mask"], out=out, overwrite=overwrite, config_from=v["config_from"],
-        command=command_line(words, v, "sweep") + (" --generate" if generate else ""),
-        outputs=tuple(o for o in outputs if o is not None),
-    )  # fmt: skip
+    check_writable(markdown_out, "--markdown")
+    outputs = report_outputs(json_out, html_out) + ci_outputs(markdown_out)
     console = stderr_console(quiet)
-    show = not quiet and sys.stderr.isatty()
-    with progress_bars(console, show) as progress:
-        report = run_sweep(job, progress)
-    from rejuv_cli.jsonio import json_safe
-
-    report = json_safe(report)
+    with torchrun_ranks(values["device"]) as ranks:  # under torchrun: the batches split by rank
+        show = not quiet and sys.stderr.isatty() and ranks.main
+        with progress_bars(console, show) as progress:
+            result = sweep(base, sft, out=out, overwrite=overwrite, generate=generate,
+                           outputs=outputs, progress=progress, **values)  # fmt: skip
+    if not ranks.main:  # every rank holds the same table; rank 0 writes and shows it
+        return
+    report = result.report
     write_report(report, json_out, html_out, _html)
+    write_sweep_markdown(report, markdown_out)
     from rejuv_cli.report.console import render_warnings
     from rejuv_cli.report.sweep_console import render_sweep
 
@@ -152,16 +123,3 @@ def _html(report: dict) -> str:
     from rejuv_cli.report.html.sweep import render_sweep_html
 
     return render_sweep_html(report)
-
-
-def _check_sweep_outputs(base, sft, recipe, outputs: tuple, out: Path | None,
-                         overwrite: bool) -> None:  # fmt: skip
-    from rejuv_cli.checkpoint.preflight import Output, check_outputs
-
-    calib = recipe.reset.calib
-    calib_file = None if calib.startswith("builtin:") else calib
-    files = [o for o in outputs if o is not None]
-    if out is not None:
-        files.append(Output("--out", out, directory=True))
-    check_outputs({"BASE": base, "SFT": sft, "--calib": calib_file, "--recipe": recipe.source},
-                  files, overwrite)  # fmt: skip

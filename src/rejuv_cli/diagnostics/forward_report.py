@@ -29,11 +29,11 @@ def forward_sections(job, report, dirs, layout, device, progress, warnings) -> N
     calib = prepare_calibration(job.calib, job.samples, job.max_tokens, dirs["sft"],
                                 device, job.batch_tokens, Fields.of(job))  # fmt: skip
     warnings.extend(calib.warnings)
-    batches = calib.batches
+    batches = calib.mine()  # all of them, or this torchrun rank's share (then reduced)
     report["inputs"] |= {
         "samples": calib.samples,
         "response_tokens": calib.response_tokens,
-        "batches": len(batches),
+        "batches": len(calib.batches),
         "batch_tokens": calib.batch_tokens,
         "dtype": "bfloat16" if device.type == "cuda" else "float32",
         "unk_share": calib.unk_share,

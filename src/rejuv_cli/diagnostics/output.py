@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rejuv_cli import dist
 from rejuv_cli.calib.forward import ActivityRecorder, Batch, Site, response_logits
 from rejuv_cli.calib.routing import RoutingRecord, RoutingRecorder
 from rejuv_cli.ops import activity as act
@@ -40,6 +41,19 @@ class ModelRecord:
         parts = getattr(self, name)
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def gather_ranks(self) -> ModelRecord:
+        """Under torchrun, where each rank ran a contiguous share of the batches: every rank's
+        per-token arrays, in rank order, which is data order (a few floats per token). The
+        activity and routing sums were reduced when their recorders closed."""
+        if dist.current().active:
+            parts = dist.all_gather({k: self.array(k) for k in TOKEN_ARRAYS})
+            for k in TOKEN_ARRAYS:
+                setattr(self, k, [part[k] for part in parts if part[k].size])
+        return self
+
+
+TOKEN_ARRAYS = ("entropy", "p_max", "nll", "kl")
+
 
 def calibration_pass(
     models: dict[str, torch.nn.Module],
@@ -51,7 +65,9 @@ def calibration_pass(
 ) -> dict[str, ModelRecord]:
     """Run every batch through every model ("base" first); KL is taken against "base".
 
-    `vocab_limit`: compare on the first V' tokens only (see `response_logits`).
+    `vocab_limit`: compare on the first V' tokens only (see `response_logits`). Under
+    torchrun `batches` is this rank's share (`Calibration.mine`) and the records returned hold
+    every rank's data.
     """
     records = {role: ModelRecord() for role in models}
     recorders = {role: ActivityRecorder(m, sites, device) for role, m in models.items()}
@@ -77,7 +93,7 @@ def calibration_pass(
             records[role].activity = recorder.stats
             records[role].missing_sites = recorder.missing
             records[role].routing = routers[role].close()
-    return records
+    return {role: rec.gather_ranks() for role, rec in records.items()}
 
 
 def token_records(rec: ModelRecord, logits, targets, base_logits) -> None:
@@ -131,7 +147,8 @@ def cached_pass(
 ) -> ModelRecord:
     """One model's token statistics, one model at a time: `store=True` is BASE's pass (its
     logits go to `cache`, no KL); otherwise KL is taken against the cached BASE logits. Gives
-    the same numbers as `calibration_pass` (the same logits, the same arithmetic)."""
+    the same numbers as `calibration_pass` (the same logits, the same arithmetic). Under
+    torchrun `batches` is this rank's share and the cache holds this rank's logits."""
     rec = ModelRecord()
     with torch.inference_mode():
         for index, batch in enumerate(batches):
@@ -144,7 +161,7 @@ def cached_pass(
             del logits
             if on_batch is not None:
                 on_batch()
-    return rec
+    return rec.gather_ranks()
 
 
 def output_summary(rec: ModelRecord, base: ModelRecord | None, edges: np.ndarray) -> dict:

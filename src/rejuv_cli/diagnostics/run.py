@@ -1,8 +1,8 @@
 """`rejuv diagnose` end to end: weights (streaming) -> forward passes -> verdict -> report dict.
 
-The report is plain JSON-ready data (schema in the README, `SCHEMA_VERSION`); rendering lives
-in report/. Top-level sections describe SFT against BASE; BASE's and the candidate's own
-numbers sit under `base` / `candidate` keys inside each section.
+The report is plain JSON-ready data (`SCHEMA_VERSION`; JSON Schema: `rejuv schema diagnose`);
+rendering lives in report/. Top-level sections describe SFT against BASE; BASE's and the
+candidate's own numbers sit under `base` / `candidate` keys inside each section.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from rejuv_cli.checkpoint.staging import drop_staged, loadable_dir
 from rejuv_cli.diagnostics import verdict as V
 from rejuv_cli.errors import ArchError
 from rejuv_cli.pairing import pair_tensors
+from rejuv_cli.report.json_schemas import VERSIONS
 from rejuv_cli.report.numbers import change
 from rejuv_cli.report.paths import lookup, parse_path
 from rejuv_cli.report.schema import RunFlags, explain_nulls, fill_declared, label
 from rejuv_cli.settings import SETTINGS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = VERSIONS["diagnose"]  # its JSON Schema: rejuv schema diagnose
 
 # progress(label, total, unit) -> advance(n); unit is "bytes" or a noun such as "batches"
 Progress = Callable[[str, int, str], Callable[[int], None]]
@@ -225,9 +226,20 @@ def _measured(report: dict, job: DiagnoseJob) -> str:
             + (", generation" if job.generate else ""))  # fmt: skip
 
 
-def verdict_block(report: dict, job: DiagnoseJob) -> dict:
+def rule_checks(report: dict, job: DiagnoseJob) -> dict[str, list]:
+    """Every verdict rule applied to the report (diagnostics/verdict.RuleCheck), by the model
+    judged: "" for SFT, "candidate" with --candidate. The verdict and --junit read these."""
     thresholds = {"low_skill": job.min_skill, "low_learnable": job.min_learnable}
-    label, reasons = V.judge(V.rule_metrics(report), thresholds=thresholds)
+    checks = {"": V.check_rules(V.rule_metrics(report), thresholds=thresholds)}
+    if job.candidate:
+        paths = {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS
+        checks["candidate"] = V.check_rules(V.rule_metrics(report, paths), paths, thresholds)
+    return checks
+
+
+def verdict_block(report: dict, job: DiagnoseJob) -> dict:
+    checks = rule_checks(report, job)
+    label, reasons = V.verdict_of(checks[""])
     block = {
         "label": label,
         "heuristic": True,
@@ -243,8 +255,7 @@ def verdict_block(report: dict, job: DiagnoseJob) -> dict:
         "candidate": None,
     }
     if job.candidate:
-        paths = {sft: cand for sft, cand, _ in COMPARED} | CANDIDATE_RULE_PATHS
-        c_label, c_reasons = V.judge(V.rule_metrics(report, paths), paths, thresholds)
+        c_label, c_reasons = V.verdict_of(checks["candidate"])
         block["candidate"] = {"label": c_label, "reasons": c_reasons}
     return block
 

@@ -66,6 +66,36 @@ WATCH_FOR_RIGID = 3  # this many warning signs together also make a checkpoint r
 _OPS = {"<": operator.lt, ">": operator.gt}
 
 
+@dataclass(frozen=True)
+class RuleCheck:
+    """One rule applied to one model: the value it read (None: not measured in this run) and
+    the threshold it compared it with. `judge` decides from these; `--junit` lists them all."""
+
+    rule: Rule
+    metric: str  # where the judged model's value sits in the report
+    value: float | None
+    threshold: float
+
+    @property
+    def fired(self) -> bool:
+        return self.value is not None and _OPS[self.rule.op](self.value, self.threshold)
+
+    def reason(self) -> dict:
+        """The verdict's `reasons` entry of a rule that fired."""
+        r = self.rule
+        message = f"{self.metric} = {self.value:.4g} {r.op} {self.threshold:g}: {r.why}"
+        return {"id": r.id, "level": r.level, "metric": self.metric, "value": self.value,
+                "threshold": self.threshold, "op": r.op, "message": message}  # fmt: skip
+
+
+def check_rules(metrics: dict[str, float | None], paths: dict[str, str] | None = None,
+                thresholds: dict[str, float] | None = None) -> list[RuleCheck]:  # fmt: skip
+    """Every rule of RULES, in order, applied to metric values by path; arguments as `judge`'s."""
+    paths, thresholds = paths or {}, thresholds or {}
+    return [RuleCheck(r, paths.get(r.metric, r.metric), metrics.get(r.metric),
+                      thresholds.get(r.id, r.threshold)) for r in RULES]  # fmt: skip
+
+
 def judge(metrics: dict[str, float | None], paths: dict[str, str] | None = None,
           thresholds: dict[str, float] | None = None) -> tuple[str, list[dict]]:  # fmt: skip
     """Apply RULES to metric values by path (absent or None: not measured, rule skipped).
@@ -75,19 +105,12 @@ def judge(metrics: dict[str, float | None], paths: dict[str, str] | None = None,
     sits in the report (the candidate's: `output.candidate.entropy_mean`); a reason names that.
     `thresholds` overrides a rule's threshold by rule id (a setting's value, e.g. --min-skill).
     """
-    paths, thresholds = paths or {}, thresholds or {}
-    reasons = []
-    for r in RULES:
-        value = metrics.get(r.metric)
-        threshold = thresholds.get(r.id, r.threshold)
-        if value is None or not _OPS[r.op](value, threshold):
-            continue
-        metric = paths.get(r.metric, r.metric)
-        reasons.append({
-            "id": r.id, "level": r.level, "metric": metric, "value": value,
-            "threshold": threshold, "op": r.op,
-            "message": f"{metric} = {value:.4g} {r.op} {threshold:g}: {r.why}",
-        })  # fmt: skip
+    return verdict_of(check_rules(metrics, paths, thresholds))
+
+
+def verdict_of(checks: list[RuleCheck]) -> tuple[str, list[dict]]:
+    """(label, reasons) from the rules as `check_rules` applied them (see `judge`)."""
+    reasons = [c.reason() for c in checks if c.fired]
     watch = sum(1 for x in reasons if x["level"] == "watch")
     if any(x["level"] == "rigid" for x in reasons) or watch >= WATCH_FOR_RIGID:
         return "rigid", reasons

@@ -56,6 +56,7 @@ import math
 import numpy as np
 import torch
 
+from rejuv_cli import dist
 from rejuv_cli.calib.forward import Batch
 from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.ops.tokens import block_rows, entropy, log_probs
@@ -80,19 +81,31 @@ def score_attribution(layout, base, sft, device, on_bytes=None, settings=None, m
     run = CalibRun(layout, base, sft, device, on_bytes, settings, max_memory, load=False,
                batch_tokens=BATCH_TOKENS)  # fmt: skip
     batches = run.calib.batches
+    # Under torchrun each rank runs a contiguous share of the batches; the entropies are
+    # gathered so that every rank selects the same positions from all of them.
+    share = dist.share(len(batches))
+    mine = [batches[i] for i in share]
     # BASE and SFT run one after the other, so only one model is loaded at any time.
     vocab = min(config_vocab(loadable_dir(base), "BASE"), config_vocab(loadable_dir(sft), "SFT"))
     base_model = run.load(loadable_dir(base), "BASE")
-    base_entropies = response_entropies(base_model, batches, device, vocab)
+    base_entropies = _gathered(response_entropies(base_model, mine, device, vocab))
     if note := unseen_note("BASE", base_model):
         run.calib.warnings.append(note)
     del base_model  # only its entropies are needed
     run.model = run.load(loadable_dir(sft), "SFT")
-    gaps = gaps_from(base_entropies, response_entropies(run.model, batches, device, vocab), batches)
+    sft_entropies = _gathered(response_entropies(run.model, mine, device, vocab))
+    gaps = gaps_from(base_entropies, sft_entropies, batches)
     positions = select_positions(gaps, masks=[target_positions(b) for b in batches])
-    result = attribution_scores(run.model, batches, positions, activation_sites(layout), device)
+    result = attribution_scores(run.model, mine, [positions[i] for i in share],
+                                activation_sites(layout), device)  # fmt: skip
     return run.result(result.scores, result.missing, positions=result.positions,
                       reconstruction=result.reconstruction)  # fmt: skip
+
+
+def _gathered(per_batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every torchrun rank's per-batch tensors in rank order (= batch order); the list itself
+    in a single process."""
+    return [t for part in dist.all_gather(per_batch) for t in part]
 
 
 # --- positions ---------------------------------------------------------------------------------

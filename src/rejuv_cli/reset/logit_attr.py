@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rejuv_cli import dist
 from rejuv_cli.calib.forward import Batch, Site
 from rejuv_cli.calib.models import refetch_offloaded_weights
 from rejuv_cli.reset.expert_attr import experts_direct, fused_sites
@@ -210,11 +211,13 @@ def attribution_scores(
         for p in frozen:
             if not p.is_inference():  # accelerate re-creates offloaded ones under inference_mode
                 p.requires_grad_(True)
+    err = np.concatenate(errors) if errors else np.zeros(0)
+    z = np.concatenate(logits) if logits else np.zeros(0)
+    if dist.current().active:  # each rank attributed its share of the batches: combine
+        err, z, unplaced, norm_kinds = _merge_ranks(scores, err, z, unplaced, norm_kinds)
     for key in unplaced:
         scores.pop(key, None)
     missing += [s.key for s in present if s.key in unplaced]
-    err = np.concatenate(errors) if errors else np.zeros(0)
-    z = np.concatenate(logits) if logits else np.zeros(0)
     mean_err = float(err.mean()) if err.size else math.nan
     mean_z = float(np.abs(z).mean()) if z.size else math.nan
     reconstruction = {
@@ -225,6 +228,21 @@ def attribution_scores(
         "final_norm": ", ".join(sorted(norm_kinds)),
     }
     return AttributionResult(scores, int(err.size), reconstruction, missing)
+
+
+def _merge_ranks(scores: dict, err, z, unplaced: set, norm_kinds: set):
+    """Under torchrun: each unit's score is its largest |contribution| over every rank's
+    positions (an all-reduced max, in place); the reconstruction errors and logits are
+    gathered in rank order; sites any rank could not place are dropped on all."""
+    keys = sorted(scores)
+    maxima = [torch.from_numpy(scores[k]) for k in keys]
+    dist.all_reduce_(maxima, op="max")
+    for k, m in zip(keys, maxima, strict=True):
+        scores[k] = m.numpy()
+    parts = dist.all_gather((err, z, sorted(unplaced), sorted(norm_kinds)))
+    err = np.concatenate([p[0] for p in parts])
+    z = np.concatenate([p[1] for p in parts])
+    return err, z, {k for p in parts for k in p[2]}, {k for p in parts for k in p[3]}
 
 
 def _attribute_batch(model, parts: _Parts, batch: Batch, pos, sites: list[Site], fused: dict,

@@ -26,11 +26,12 @@ from rejuv_cli import __version__
 from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.diagnostics.output import accuracy_retained
 from rejuv_cli.pipeline import Prepared, ResetChoice, choose_reset, prepare_fuse
-from rejuv_cli.sweep.job import SweepJob, fuse_command, fuse_job
-from rejuv_cli.sweep.recommend import recommend
-from rejuv_cli.sweep.weights import WorkingModel
+from rejuv_cli.report.json_schemas import VERSIONS
+from rejuv_cli.sweeping.job import SweepJob, fuse_command, fuse_job
+from rejuv_cli.sweeping.recommend import recommend
+from rejuv_cli.sweeping.weights import WorkingModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = VERSIONS["sweep"]  # its JSON Schema: rejuv schema sweep
 Progress = Callable[[str, int, str], Callable[[int], None]]
 
 # The measures of one row, in table order (JSON keys; labels in report/columns.py).
@@ -120,7 +121,8 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
                                    "SFT": config_vocab(loadable_dir(p.sft), "SFT")})  # fmt: skip
     if note:
         warnings.append(note)
-    batches, n_batches = calib.batches, len(calib.batches)
+    batches = calib.mine()  # all of them, or this torchrun rank's share (then gathered)
+    n_batches = len(batches)
     _check_cache_space(calib.response_tokens, vocab, device)
     generation = _Generation(job, p, device) if job.generate else None
     cache = LogitCache()
@@ -173,7 +175,7 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
         "samples": calib.samples,
         "response_tokens": calib.response_tokens,
         "max_tokens": job.max_tokens,
-        "batches": n_batches,
+        "batches": len(calib.batches),
         "batch_tokens": calib.batch_tokens,
         "device": str(device),
         "dtype": "bfloat16" if device.type == "cuda" else "float32",
@@ -251,10 +253,12 @@ def _write_recommended(job: SweepJob, alpha: float, chosen, report: dict, progre
     prepared = prepare_fuse(fuse_job(job, alpha, job.out))
     try:
         table = {k: report[k] for k in ("settings", "base", "sft", "rows", "recommendation")}
-        summary = run_fuse(prepared, on_bytes=progress("writing --out", prepared.plan.out_bytes,
+        summary = run_fuse(prepared, on_bytes=progress("writing --out", prepared.write_bytes,
                                                        "bytes"),
                            chosen=chosen, extra={"sweep": table})  # fmt: skip
     finally:
         prepared.close()
+    if not summary:  # another torchrun rank wrote its shards; rank 0 reports the checkpoint
+        return None
     return {"path": str(job.out), "alpha": alpha, "command": fuse_command(job, alpha, job.out),
             "shards": len(summary["shards"]), "bytes": summary["out_bytes"]}  # fmt: skip

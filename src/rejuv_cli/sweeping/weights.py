@@ -15,7 +15,7 @@ import torch
 
 from rejuv_cli.executor import Executor
 from rejuv_cli.plan import FusePlan
-from rejuv_cli.sweep.job import SweepJob, fuse_job
+from rejuv_cli.sweeping.job import SweepJob, fuse_job
 
 
 def parameter_map(model, plan: FusePlan) -> tuple[dict[str, torch.Tensor] | None, str | None]:
