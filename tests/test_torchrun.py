@@ -186,6 +186,36 @@ def test_rank_0_checks_that_every_shard_arrived(llama, tmp_path):
         check_shards_arrived(p.plan, out, writers)
 
 
+def test_rank_0s_bar_counts_every_ranks_bytes(tmp_path, monkeypatch):
+    """The fusing bar on rank 0 adds what the other ranks report through the shared directory,
+    and the progress folder is gone before the output is renamed into place."""
+    from rejuv_cli import dist, rank_progress
+
+    monkeypatch.setattr(rank_progress, "INTERVAL", 0.0)
+    monkeypatch.setattr(dist, "_current", dist.Ranks(1, 3))
+    one = rank_progress.SharedProgress(tmp_path, None)
+    one(300)
+    one(200)
+    one.finish()
+    monkeypatch.setattr(dist, "_current", dist.Ranks(2, 3))
+    two = rank_progress.SharedProgress(tmp_path, None)
+    two(50)  # still writing: its last published count is what rank 0 sees
+    monkeypatch.setattr(dist, "_current", dist.Ranks(0, 3))
+    bar: list[int] = []
+    main = rank_progress.SharedProgress(tmp_path, bar.append)
+    main(100)
+    assert bar == [100, 550] and sum(bar) == 650  # its own bytes, then ranks 1 and 2's
+    main.poll()
+    assert sum(bar) == 650  # nothing new: no second advance
+    monkeypatch.setattr(dist, "_current", dist.Ranks(2, 3))
+    two(25)
+    two.finish()
+    monkeypatch.setattr(dist, "_current", dist.Ranks(0, 3))
+    main.close()
+    assert sum(bar) == 100 + 500 + 75
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_files(tmp_path):
     yield

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -80,6 +81,13 @@ def share(n: int) -> range:
     size, extra = divmod(n, r.world)
     start = r.rank * size + min(r.rank, extra)
     return range(start, start + size + (r.rank < extra))
+
+
+def share_label(label: str) -> str:
+    """A progress bar's label for work split between the ranks: rank 0's bar counts its own
+    share, and says so."""
+    r = current()
+    return f"{label} (rank 0's share of {r.world})" if r.active else label
 
 
 def all_reduce_(tensors: list, op: str = "sum") -> None:
@@ -169,5 +177,22 @@ def _interruptible(collective, *args, **kwargs) -> None:
     worker.start()
     while worker.is_alive():
         worker.join(0.2)
+        if _on_wait is not None:
+            _on_wait()
     if failure:
         raise failure[0]
+
+
+_on_wait = None  # called while a collective waits (while_waiting)
+
+
+@contextmanager
+def while_waiting(callback):
+    """Inside: `callback()` runs about every 0.2 s while this rank waits in a collective (rank
+    0 reads the other ranks' progress while it waits for them to finish); None: nothing."""
+    global _on_wait
+    previous, _on_wait = _on_wait, callback
+    try:
+        yield
+    finally:
+        _on_wait = previous

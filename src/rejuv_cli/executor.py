@@ -264,23 +264,30 @@ def write_shards(plan: FusePlan, base: TensorSource, sft: TensorSource, device: 
     from dataclasses import replace
 
     from rejuv_cli import dist
+    from rejuv_cli.rank_progress import SharedProgress
 
     ranks = dist.current()
     dealt = dist.split_by_bytes({s.filename: s.file_bytes for s in plan.shards}, ranks.world)
     own = set(dealt[ranks.rank])
     mine = replace(plan, shards=[s for s in plan.shards if s.filename in own])
-    stats = Executor(mine, base, sft, device, on_bytes, resets, reset_settings).run(out_dir)
     writers = {f: r for r, files in enumerate(dealt) for f in files}
     if not ranks.active:
+        stats = Executor(mine, base, sft, device, on_bytes, resets, reset_settings).run(out_dir)
         return stats, writers
+    # rank 0's bar counts every rank's bytes (rank_progress.py)
+    progress = SharedProgress(out_dir, on_bytes)
+    stats = Executor(mine, base, sft, device, progress, resets, reset_settings).run(out_dir)
+    progress.finish()
     total = ExecStats()
-    for digests, written, seconds in dist.all_gather((stats.digests, stats.bytes_written,
-                                                      stats.seconds)):  # fmt: skip
+    with dist.while_waiting(progress.poll if ranks.main else None):
+        gathered = dist.all_gather((stats.digests, stats.bytes_written, stats.seconds))
+    for digests, written, seconds in gathered:
         for role in ("base", "sft"):
             total.digests[role].update(digests[role])
         total.bytes_written += written
         total.seconds = max(total.seconds, seconds)
     if ranks.main:
+        progress.close()  # every rank is done: the last counts, and no folder left in OUT
         check_shards_arrived(plan, out_dir, writers)
     return total, writers
 

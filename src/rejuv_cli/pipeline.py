@@ -64,14 +64,6 @@ class Prepared:
         sizes = {n: self.base.tensors[n].nbytes for n in self.layout.tensor_axes()}
         return sum(sizes[n] for n in dist.mine(sizes))
 
-    @property
-    def write_bytes(self) -> int:
-        """Tensor bytes this process writes: all of plan.out_bytes, or under torchrun the
-        rank's shards (executor.write_shards's split); for progress bars."""
-        shards = {s.filename: s for s in self.plan.shards}
-        mine = dist.mine({name: s.file_bytes for name, s in shards.items()})
-        return sum(shards[name].data_bytes for name in mine)
-
     def close(self) -> None:
         for source in (self.base, self.sft):
             source.close()

@@ -95,6 +95,7 @@ def run_fuse_job(job, *, dry_run: bool = False, progress: Progress | None = None
     only (with --save-mask: score, select and write the mask). `notes` receives one-line
     remarks (leftovers of killed runs removed). Under torchrun (rejuv_cli.dist joined) each
     rank runs its share; every rank returns, rank 0's summary is the run's."""
+    from rejuv_cli.dist import share_label
     from rejuv_cli.pipeline import (
         plan_summary,
         prepare_fuse,
@@ -113,13 +114,14 @@ def run_fuse_job(job, *, dry_run: bool = False, progress: Progress | None = None
             if job.mask_out is not None and prepared.resetting:
                 from rejuv_cli.checkpoint.stream import pick_device
 
-                on_bytes = progress("scoring", prepared.score_bytes, "bytes")
+                on_bytes = progress(share_label("scoring"), prepared.score_bytes, "bytes")
                 mask, _, seconds = select_reset(prepared, pick_device(job.device), on_bytes)
                 summary["reset"] = reset_summary(prepared, mask, seconds)
             return FuseResult(summary)
-        on_score = progress("scoring", prepared.score_bytes, "bytes") if prepared.resetting \
-            else None  # fmt: skip
-        on_bytes = progress("fusing", prepared.write_bytes, "bytes")
+        on_score = progress(share_label("scoring"), prepared.score_bytes, "bytes") \
+            if prepared.resetting else None  # fmt: skip
+        # every rank's bytes: rank 0's bar adds the others' (executor.write_shards)
+        on_bytes = progress("fusing", prepared.plan.out_bytes, "bytes")
         summary = run_fuse(prepared, on_bytes=on_bytes, on_score_bytes=on_score, say=notes)
         return FuseResult(summary | {"dry_run": False})
     finally:

@@ -196,15 +196,10 @@ def progress_bars(console, show: bool):
     from rich.filesize import decimal
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from rejuv_cli import dist
-
-    ranks = dist.current()
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.fields[n]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:  # fmt: skip
 
         def add(label: str, total: int, unit: str = "bytes"):
-            if ranks.active:  # rank 0 shows its own work: its share where the work is split
-                label = f"{label} (rank 0 of {ranks.world})"
             task = progress.add_task(label, total=total, n="")
 
             def advance(n: int) -> None:

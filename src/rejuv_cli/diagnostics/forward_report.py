@@ -19,6 +19,7 @@ from rejuv_cli.diagnostics.output import (
 )
 from rejuv_cli.diagnostics.routing import routing_section
 from rejuv_cli.diagnostics.sharpness import SEED, sharpness
+from rejuv_cli.dist import share_label
 
 ACTIVITY_MODULES = ("o", "mlp", "expert", "shared_expert")  # units with an input-side site
 
@@ -55,7 +56,7 @@ def forward_sections(job, report, dirs, layout, device, progress, warnings) -> N
     if layout is not None:
         sites = [s for s in activation_sites(layout) if s.module in ACTIVITY_MODULES]
     n_models = len(models)
-    step = progress("forward", len(batches) * n_models, "model × batch passes")
+    step = progress(share_label("forward"), len(batches) * n_models, "model × batch passes")
     records = calibration_pass(
         models, batches, sites, device, on_batch=lambda: step(n_models), vocab_limit=vocab
     )
@@ -96,7 +97,7 @@ def forward_sections(job, report, dirs, layout, device, progress, warnings) -> N
         nulls["sharpness"] = "not measured: --sharpness-draws 0"
     else:
         draws = job.sharpness_draws  # each direction is probed as +u and −u: two passes
-        step = progress("sharpness", 2 * draws * len(batches) * len(models),
+        step = progress(share_label("sharpness"), 2 * draws * len(batches) * len(models),
                         "model × batch passes")  # fmt: skip
         sharp = {}
         for role, model in models.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 from rejuv_cli import __version__
 from rejuv_cli.checkpoint.staging import loadable_dir
 from rejuv_cli.diagnostics.output import accuracy_retained
+from rejuv_cli.dist import share_label
 from rejuv_cli.pipeline import Prepared, ResetChoice, choose_reset, prepare_fuse
 from rejuv_cli.report.json_schemas import VERSIONS
 from rejuv_cli.sweeping.job import SweepJob, fuse_command, fuse_job
@@ -60,7 +61,7 @@ def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
                       job.outputs)  # fmt: skip
         chosen = None
         if prepared.resetting:
-            scoring = progress("scoring", prepared.score_bytes, "bytes")
+            scoring = progress(share_label("scoring"), prepared.score_bytes, "bytes")
             chosen = choose_reset(prepared, device, scoring)  # adds the scorer's warnings
         warnings.extend(prepared.plan.warnings)
         measured = _measure(job, prepared, chosen, device, progress, warnings)
@@ -128,12 +129,12 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
     cache = LogitCache()
     records: dict = {}
     try:
-        step = progress("BASE", n_batches, "batches")
+        step = progress(share_label("BASE"), n_batches, "batches")
         model = load_model(loadable_dir(p.base), "BASE", device, job.max_memory, warnings)
         records["base"] = cached_pass(model, batches, device, cache, True, partial(step, 1), vocab)
         gen = {"base": generation.measure(model, "BASE", progress)} if generation else {}
         del model
-        step = progress("SFT", n_batches, "batches")
+        step = progress(share_label("SFT"), n_batches, "batches")
         model = load_model(loadable_dir(p.sft), "SFT", device, job.max_memory, warnings)
         records["sft"] = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
         if generation:
@@ -145,7 +146,7 @@ def _measure(job: SweepJob, p: Prepared, chosen, device, progress, warnings) -> 
             t_alpha = time.perf_counter()
             model = None  # a candidate loaded from disk frees the previous one first
             model = working.at(alpha, progress(f"{label} weights", p.plan.out_bytes, "bytes"))
-            step = progress(label, n_batches, "batches")
+            step = progress(share_label(label), n_batches, "batches")
             rec = cached_pass(model, batches, device, cache, False, partial(step, 1), vocab)
             row = {"alpha": alpha} | _output_row(rec, records)
             if generation:
@@ -253,7 +254,7 @@ def _write_recommended(job: SweepJob, alpha: float, chosen, report: dict, progre
     prepared = prepare_fuse(fuse_job(job, alpha, job.out))
     try:
         table = {k: report[k] for k in ("settings", "base", "sft", "rows", "recommendation")}
-        summary = run_fuse(prepared, on_bytes=progress("writing --out", prepared.write_bytes,
+        summary = run_fuse(prepared, on_bytes=progress("writing --out", prepared.plan.out_bytes,
                                                        "bytes"),
                            chosen=chosen, extra={"sweep": table})  # fmt: skip
     finally:
