@@ -101,6 +101,11 @@ def test_the_wheel_ships_the_package_data_and_not_the_test_builders(wheel_files)
     assert matching(wheel_files, r"rejuv_cli/calib/builtin/[^/]+\.jsonl") == {
         f"rejuv_cli/calib/builtin/{p.name}": p.read_bytes() for p in CALIB_SETS
     }
+    schemas = sorted((PACKAGE / "schemas").glob("*.schema.json"))  # what `rejuv schema` prints
+    assert len(schemas) == 3
+    assert matching(wheel_files, r"rejuv_cli/schemas/[^/]+\.json") == {
+        f"rejuv_cli/schemas/{p.name}": p.read_bytes() for p in schemas
+    }
 
 
 def test_shipped_code_never_imports_the_test_builders(wheel_files):

@@ -80,8 +80,11 @@ def diagnose_markdown(report: dict, gates: list) -> str:
     if v.get("suggested_command"):
         from rejuv_cli.report.terms import next_step
 
-        parts += [f"**Next**: {text(next_step(v['label']))}",
-                  fenced(v["suggested_command"], "bash")]  # fmt: skip
+        why = text(next_step(v["label"]))
+        # as the terminal words it: for ok the step is RL as it is (the command, a CI gate, is
+        # optional); for watch and rigid the command is the step, and `why` says what it does
+        lead = f"**Next**: {why}:" if v["label"] == "ok" else f"**Next** ({why}):"
+        parts += [lead, fenced(v["suggested_command"], "bash")]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
