@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"executor"},  # streams paired chunks through ops and the reset into the writer
     {"reset", "plan"},  # what to reset; what happens to each tensor
     {"pairing", "recipe", "settings", "reset.registry"},  # inputs to both: pairs and settings
-    {"calib", "checkpoint", "report", "testing"},  # data, I/O, rendering
+    {"calib", "checkpoint", "report", "testing", "rank_progress"},  # data, I/O, rendering
     {"arch", "ops"},  # architecture knowledge as data; pure tensor math
     {"errors", "jsonio", "dist"},  # dist: which torchrun rank this is
 ]
