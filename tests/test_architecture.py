@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"api"},  # fuse, diagnose and sweep as functions: the commands are shells over them
     {"sweeping"},  # runs the fuse path and the diagnostics for several α
     {"pipeline", "diagnostics", "inspection"},  # a command's work, end to end
-    {"executor"},  # streams paired chunks through ops and the reset into the writer
+    {"executor", "fuse_summary"},  # streams chunks into the writer; what a fuse reports
     {"reset", "plan"},  # what to reset; what happens to each tensor
     {"pairing", "recipe", "settings", "reset.registry"},  # inputs to both: pairs and settings
     {"calib", "checkpoint", "report", "testing", "rank_progress"},  # data, I/O, rendering

@@ -140,10 +140,10 @@ def test_full_disk_is_refused_before_writing(llama, small_fs):
 def test_disk_filling_up_during_the_write_is_one_line(llama, small_fs, monkeypatch):
     """Free space looked sufficient (another process filled the disk meanwhile): the kernel's
     ENOSPC arrives in the middle of a shard."""
-    import rejuv_cli.pipeline as pipeline
+    import rejuv_cli.fuse_summary as fuse_summary
 
     fs, _ = small_fs(32 * 1024)
-    monkeypatch.setattr(pipeline, "output_bytes_needed", lambda p: 0)
+    monkeypatch.setattr(fuse_summary, "output_bytes_needed", lambda p: 0)
     out = fs / "o"
     line = fails(run_cli("fuse", *llama, "--out", out, "--reset", "0"), 1)
     assert line.startswith(f"rejuv: error: cannot write {fs}/.o.{TMP_TAG}-")
@@ -152,14 +152,14 @@ def test_disk_filling_up_during_the_write_is_one_line(llama, small_fs, monkeypat
 
 
 def test_full_disk_keeps_an_existing_output(llama, tmp_path, small_fs, monkeypatch):
-    import rejuv_cli.pipeline as pipeline
+    import rejuv_cli.fuse_summary as fuse_summary
 
     fs, real = small_fs(256 * 1024)
     out = fs / "o"
     assert run_cli("fuse", *llama, "--out", out, "--reset", "0", "--alpha", "0.3").exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     fill(fs, real, monkeypatch)  # another process fills the disk after the free-space check
-    monkeypatch.setattr(pipeline, "output_bytes_needed", lambda p: 0)
+    monkeypatch.setattr(fuse_summary, "output_bytes_needed", lambda p: 0)
     fails(run_cli("fuse", *llama, "--out", out, "--reset", "0", "--overwrite"), 1, "No space left")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _leftovers(fs) == []

@@ -96,13 +96,8 @@ def run_fuse_job(job, *, dry_run: bool = False, progress: Progress | None = None
     remarks (leftovers of killed runs removed). Under torchrun (rejuv_cli.dist joined) each
     rank runs its share; every rank returns, rank 0's summary is the run's."""
     from rejuv_cli.dist import share_label
-    from rejuv_cli.pipeline import (
-        plan_summary,
-        prepare_fuse,
-        reset_summary,
-        run_fuse,
-        select_reset,
-    )
+    from rejuv_cli.fuse_summary import plan_summary, reset_summary
+    from rejuv_cli.pipeline import prepare_fuse, run_fuse, select_reset
 
     progress = progress or no_progress
     prepared = prepare_fuse(job)

@@ -103,7 +103,7 @@ def run_sweep(job: SweepJob, progress: Progress = _no_progress) -> dict:
 
 
 def _reset_json(p: Prepared, chosen: ResetChoice | None) -> dict | None:
-    from rejuv_cli.pipeline import reset_summary
+    from rejuv_cli.fuse_summary import reset_summary
 
     return reset_summary(p, chosen.mask if chosen else None, chosen.seconds if chosen else None)
 
