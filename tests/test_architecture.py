@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"sweeping"},  # runs the fuse path and the diagnostics for several α
     {"pipeline", "diagnostics", "inspection"},  # a command's work, end to end
     {"executor", "fuse_summary"},  # streams chunks into the writer; what a fuse reports
+    {"fuse_job"},  # what a fuse was asked to do, and the fuse ready to run
     {"reset", "plan"},  # what to reset; what happens to each tensor
     {"pairing", "recipe", "settings", "reset.registry"},  # inputs to both: pairs and settings
     {"calib", "checkpoint", "report", "testing", "rank_progress"},  # data, I/O, rendering

@@ -1,17 +1,14 @@
 """What a fuse reports: the plan and reset summaries (`rejuv fuse --json`, --dry-run), the disk
 check's figures, and rejuv.json, the provenance written next to the checkpoint. Pure functions
-of a prepared fuse (pipeline.Prepared) and its results; no I/O but the free-space query."""
+of a prepared fuse (fuse_job.Prepared) and its results; no I/O but the free-space query."""
 
 from __future__ import annotations
 
 import platform
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from rejuv_cli import __version__
-
-if TYPE_CHECKING:
-    from rejuv_cli.pipeline import Prepared
+from rejuv_cli.fuse_job import Prepared
 
 
 def reset_summary(p: Prepared, mask=None, seconds: float | None = None) -> dict | None:

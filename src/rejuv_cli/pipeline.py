@@ -1,7 +1,8 @@
 """`rejuv fuse` end to end: resolve -> open -> plan -> execute -> finalize.
 
 The API (api/fuse.py) calls `prepare_fuse` and `run_fuse`; this module does no rendering. The
-summaries a run reports and rejuv.json are built in fuse_summary.py.
+job and the prepared fuse are declared in fuse_job.py, the summaries a run reports and rejuv.json
+built in fuse_summary.py.
 """
 
 from __future__ import annotations
@@ -14,59 +15,15 @@ from pathlib import Path
 from rejuv_cli import dist
 from rejuv_cli.arch.layout import UnitLayout
 from rejuv_cli.checkpoint.formats import open_source
-from rejuv_cli.checkpoint.resolve import ResolvedModel, resolve_model
+from rejuv_cli.checkpoint.resolve import resolve_model
 from rejuv_cli.checkpoint.source import ModelSource
-from rejuv_cli.checkpoint.staging import drop_staged
 from rejuv_cli.errors import ArchError, CheckpointError
+from rejuv_cli.fuse_job import FuseJob, Prepared
 from rejuv_cli.plan import FusePlan, build_plan
-from rejuv_cli.recipe import Recipe
 from rejuv_cli.reset.layout import unit_layout
 
-
-@dataclass
-class FuseJob:
-    """Everything `rejuv fuse` was asked to do."""
-
-    base: str
-    sft: str
-    out: Path | None  # None: plan and score only (rejuv sweep without --out)
-    recipe: Recipe
-    device: str = "auto"
-    overwrite: bool = False
-    alpha_from_flag: bool = False
-    command: str = ""
-    mask_in: Path | None = None  # --mask: reuse these units, skip scoring
-    mask_out: Path | None = None  # --save-mask
-    max_memory: int | None = None  # --max-memory: model weights budget of the data scorers
-    config_from: Path | None = None  # --config-from: config/tokenizer for inputs with none
-
-
-@dataclass
-class Prepared:
-    job: FuseJob
-    base_model: ResolvedModel
-    sft_model: ResolvedModel
-    base: ModelSource
-    sft: ModelSource
-    plan: FusePlan
-    plan_seconds: float
-    layout: UnitLayout | None = None  # the units that may be reset; None: fusion only
-
-    @property
-    def resetting(self) -> bool:
-        return self.layout is not None
-
-    @property
-    def score_bytes(self) -> int:
-        """BASE bytes this process's scoring pass reads (it reads as many from SFT); for
-        progress bars. Under torchrun, the rank's share (reset/norms.stream_norms's split)."""
-        sizes = {n: self.base.tensors[n].nbytes for n in self.layout.tensor_axes()}
-        return sum(sizes[n] for n in dist.mine(sizes))
-
-    def close(self) -> None:
-        for source in (self.base, self.sft):
-            source.close()
-            drop_staged(source)
+__all__ = ["FuseJob", "Prepared", "choose_reset", "fuse_paths", "prepare_fuse", "run_fuse",
+           "select_reset"]  # fmt: skip
 
 
 def prepare_fuse(job: FuseJob) -> Prepared:

@@ -51,10 +51,10 @@ class FuseResult:
 
 def fuse_job(base: str | Path, sft: str | Path, out: Path | str, *, overwrite: bool = False,
              **settings):  # fmt: skip
-    """The checked job (pipeline.FuseJob) `fuse` runs: settings validated, the recipe loaded
+    """The checked job (fuse_job.FuseJob) `fuse` runs: settings validated, the recipe loaded
     and the flags applied over it, the calibration data parsed when a data scorer reads it.
     Raises UsageError (or RecipeError, CalibError) before any checkpoint is read."""
-    from rejuv_cli.pipeline import FuseJob
+    from rejuv_cli.fuse_job import FuseJob
     from rejuv_cli.recipe import Recipe, find_recipe, load_recipe
     from rejuv_cli.reset.registry import DATA_SCORERS, check_scorer_modules
     from rejuv_cli.settings import command_line

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rejuv_cli.pipeline import FuseJob
+from rejuv_cli.fuse_job import FuseJob
 from rejuv_cli.recipe import Recipe
 from rejuv_cli.settings import SETTINGS
 
